@@ -1,0 +1,3 @@
+#include "addon.h"
+
+void InitFuse(Napi::Env env, Napi::Object exports) {}

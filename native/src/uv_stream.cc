@@ -1,0 +1,3 @@
+#include "addon.h"
+
+void InitUvStream(Napi::Env env, Napi::Object exports) {}

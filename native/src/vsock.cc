@@ -1,0 +1,3 @@
+#include "addon.h"
+
+void InitVsock(Napi::Env env, Napi::Object exports) {}
