@@ -1,0 +1,71 @@
+// Hybrid vsock (Firecracker, Cloud Hypervisor): the VMM exposes a guest's vsock device as a Unix
+// socket on the host.
+// - Host to guest: connect to the socket, send "CONNECT <port>\n", read "OK <hostport>\n", then the
+//   stream is connected to the guest's listener on <port>.
+// - Guest to host: the VMM connects to the Unix socket "<path>_<port>", on which the host listens.
+// The socket path identifies the VM.
+import type net from 'node:net';
+import { connectSocket, listenSocket, closeServer, type Listener, type OnConnection } from './net.js';
+
+export const HANDSHAKE_TIMEOUT_MS = 5000;
+const MAX_REPLY_LINE = 64;
+
+export class HvsockError extends Error {
+  constructor(message: string, readonly code: string) {
+    super(message);
+    this.name = 'HvsockError';
+  }
+}
+
+export async function connectHvsock(path: string, port: number, timeoutMs = HANDSHAKE_TIMEOUT_MS): Promise<net.Socket> {
+  const what = `hybrid vsock ${path} port ${port}`;
+  const socket = await connectSocket({ path }, what, timeoutMs);
+  socket.write(`CONNECT ${port}\n`);
+  return new Promise((resolve, reject) => {
+    let line = Buffer.alloc(0);
+    const fail = (message: string, code: string) => {
+      cleanup();
+      socket.destroy();
+      reject(new HvsockError(`${what}: ${message}`, code));
+    };
+    const timer = setTimeout(() => fail(`no reply to CONNECT within ${timeoutMs} ms`, 'ETIMEDOUT'), timeoutMs);
+    const onData = (chunk: Buffer) => {
+      line = Buffer.concat([line, chunk]);
+      const nl = line.indexOf(0x0a);
+      if (nl < 0) {
+        if (line.length > MAX_REPLY_LINE) fail(`reply to CONNECT is not a line: "${printable(line)}"`, 'EPROTO');
+        return;
+      }
+      const reply = line.subarray(0, nl).toString('latin1');
+      if (!/^OK \d+$/.test(reply)) return fail(`expected "OK <port>" after CONNECT, got "${printable(line.subarray(0, nl))}" (is a guest listening on port ${port}?)`, 'ECONNREFUSED');
+      cleanup();
+      // Bytes after the reply line already belong to the stream.
+      if (line.length > nl + 1) socket.unshift(line.subarray(nl + 1));
+      resolve(socket);
+    };
+    const onEnd = () => fail('the VMM closed the socket during the CONNECT handshake (no guest listener on that port, or the VM is gone)', 'ECONNRESET');
+    const onError = (err: NodeJS.ErrnoException) => fail(`socket error during handshake: ${err.code ?? err.message}`, err.code ?? 'EIO');
+    const cleanup = () => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      socket.off('close', onEnd);
+      socket.off('error', onError);
+    };
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+    socket.on('close', onEnd);
+    socket.on('error', onError);
+  });
+}
+
+/** Listens for guest-initiated connections, which the VMM delivers on "<path>_<port>". */
+export async function listenHvsock(path: string, port: number, onConnection: OnConnection): Promise<Listener> {
+  const listenPath = `${path}_${port}`;
+  const { server } = await listenSocket({ path: listenPath }, () => ({ transport: 'hvsock', socketPath: path }), onConnection);
+  return { uri: `hvsock://${path}:${port}`, close: () => closeServer(server, listenPath) };
+}
+
+function printable(b: Buffer): string {
+  return b.toString('latin1').replace(/[^\x20-\x7e]/g, '.').slice(0, MAX_REPLY_LINE);
+}
