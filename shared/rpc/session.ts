@@ -62,6 +62,10 @@ export class Session extends EventEmitter {
   private lastReceived = Date.now();
   private keepaliveTimer?: NodeJS.Timeout;
   private closedReason: string | null = null;
+  private replyBytesQueued = 0;
+  private corked = false;
+  /** Reply bytes written but not yet taken by the kernel, beyond which we stop reading requests. */
+  private readonly maxReplyBacklog = 8 << 20;
   private readonly opts: Required<Pick<SessionOptions, 'keepaliveMs' | 'defaultDeadlineMs' | 'maxIncoming' | 'maxOutgoing'>> & SessionOptions;
   /** Counters for status and benchmarks. */
   readonly stats = { requestsIn: 0, requestsOut: 0, bytesIn: 0, bytesOut: 0, errors: 0 };
@@ -73,7 +77,6 @@ export class Session extends EventEmitter {
     this.limits = options.limits ?? { maxEnvelope: DEFAULT_MAX_ENVELOPE, maxPayload: DEFAULT_MAX_PAYLOAD };
     this.decoder = new FrameDecoder(this.limits);
     stream.on('data', (chunk: Buffer) => this.onData(chunk));
-    stream.on('drain', () => this.pump());
     stream.on('end', () => this.shutdown('peer closed the connection'));
     stream.on('close', () => this.shutdown('connection closed'));
     stream.on('error', (err: NodeJS.ErrnoException) => this.shutdown(`connection error: ${err.code ?? err.message}`, err));
@@ -139,23 +142,47 @@ export class Session extends EventEmitter {
 
   // ---- internals ----
 
-  private send(envelope: EnvelopeInit, payload?: Uint8Array): void {
+  /** Writes one frame; `onFlushed` runs once the kernel has taken its last byte. */
+  private send(envelope: EnvelopeInit, payload?: Uint8Array, onFlushed?: () => void): void {
     let chunks: Buffer[];
     try {
       chunks = encodeFrame(envelope, payload, this.limits);
     } catch (err) {
       // Our own bug or an oversize reply: fail that one message, keep the session.
       this.log.error({ err }, 'cannot encode frame');
+      onFlushed?.();
       if (envelope.id && roleOf(bodyKind(envelope)) === 'request') this.giveUp(Number(envelope.id), new FsError(E.EIO, (err as Error).message));
       else if (envelope.id) this.send({ id: envelope.id, error: { errno: E.EIO, message: (err as Error).message } });
       return;
     }
-    this.stream.cork();
-    for (const c of chunks) {
-      this.stats.bytesOut += c.length;
-      this.stream.write(c);
+    // Frames sent in the same tick leave in one writev: many small replies, one syscall.
+    if (!this.corked) {
+      this.corked = true;
+      this.stream.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.stream.uncork();
+      });
     }
-    this.stream.uncork();
+    for (let i = 0; i < chunks.length; i++) {
+      this.stats.bytesOut += chunks[i].length;
+      if (i === chunks.length - 1 && onFlushed) this.stream.write(chunks[i], () => onFlushed());
+      else this.stream.write(chunks[i]);
+    }
+  }
+
+  /**
+   * Sends a reply and counts its bytes until they are flushed. Only replies count: they are output
+   * the peer's input makes us produce, so a peer that stops reading must stop us taking its input.
+   * Our own requests never stop us reading (their replies are what would unblock them).
+   */
+  private sendReply(envelope: EnvelopeInit, payload?: Uint8Array): void {
+    const bytes = (payload?.length ?? 0) + 64;
+    this.replyBytesQueued += bytes;
+    this.send(envelope, payload, () => {
+      this.replyBytesQueued -= bytes;
+      if (this.replyBytesQueued <= this.maxReplyBacklog) this.pump();
+    });
   }
 
   private onData(chunk: Buffer): void {
@@ -178,10 +205,11 @@ export class Session extends EventEmitter {
 
   /** Dispatches queued frames while there is capacity; reads from the stream only when there is. */
   private pump(): void {
-    while (this.backlog.length > 0 && this.active < this.opts.maxIncoming && !this.stream.writableNeedDrain && !this.closed) {
+    const busy = () => this.active >= this.opts.maxIncoming || this.replyBytesQueued > this.maxReplyBacklog;
+    while (this.backlog.length > 0 && !busy() && !this.closed) {
       this.dispatch(this.backlog.shift()!);
     }
-    const congested = this.backlog.length > 0 || this.active >= this.opts.maxIncoming || this.stream.writableNeedDrain;
+    const congested = this.backlog.length > 0 || busy();
     if (congested && !this.stream.isPaused()) this.stream.pause();
     else if (!congested && this.stream.isPaused() && !this.closed) this.stream.resume();
   }
@@ -192,25 +220,25 @@ export class Session extends EventEmitter {
     const kind = envelope.body;
     if (!kind) {
       // A message type from a newer peer, or garbage that happened to parse.
-      if (id !== 0) this.send({ id, error: { errno: E.ENOSYS, message: 'unknown request type' } });
+      if (id !== 0) this.sendReply({ id, error: { errno: E.ENOSYS, message: 'unknown request type' } });
       this.log.debug({ id }, 'ignored a message of unknown type');
       return;
     }
     const role = roleOf(kind);
     if (role === 'reply') return this.settle(id, frame, kind);
     if (role === 'event' || id === 0) return this.onPeerEvent({ ...frame, kind });
-    if (kind === 'ping') return this.send({ id, pong: { nonce: envelope.ping!.nonce } });
+    if (kind === 'ping') return this.sendReply({ id, pong: { nonce: envelope.ping!.nonce } });
     this.serve(id, kind, frame);
   }
 
   private serve(id: number, kind: BodyKind, frame: Frame): void {
     const handler = this.opts.onRequest;
     if (!handler) {
-      this.send({ id, error: { errno: E.ENOSYS, message: `${kind} is not served here` } });
+      this.sendReply({ id, error: { errno: E.ENOSYS, message: `${kind} is not served here` } });
       return;
     }
     if (this.incoming.has(id)) {
-      this.send({ id, error: { errno: E.EINVAL, message: `request id ${id} is already in flight` } });
+      this.sendReply({ id, error: { errno: E.EINVAL, message: `request id ${id} is already in flight` } });
       return;
     }
     const controller = new AbortController();
@@ -221,13 +249,13 @@ export class Session extends EventEmitter {
       .then(() => handler({ ...frame, kind, signal: controller.signal }))
       .then(
         (reply) => {
-          if (!controller.signal.aborted) this.send({ ...reply.body, id }, reply.payload);
+          if (!controller.signal.aborted) this.sendReply({ ...reply.body, id }, reply.payload);
         },
         (err: unknown) => {
           if (controller.signal.aborted) return;
           const errno = toErrno(err);
           if (!(err instanceof FsError) && errno === E.EIO) this.log.error({ err, kind }, 'request handler failed');
-          this.send({ id, error: { errno, message: err instanceof Error ? err.message : String(err) } });
+          this.sendReply({ id, error: { errno, message: err instanceof Error ? err.message : String(err) } });
         },
       )
       .finally(() => {

@@ -1,0 +1,166 @@
+// The host agent's protocol server: accepts connections on its listeners, runs the Hello exchange
+// (identifying the VM from the transport or the token), lets the guest list and mount the exports
+// of its own VM, and serves file operations on them through the FileSystem interface.
+import type { Duplex } from 'node:stream';
+import type { Logger } from '../shared/log.js';
+import type { FileSystem } from '../shared/fs/interface.js';
+import { FsError, E } from '../shared/fs/errors.js';
+import { Session, type IncomingRequest, type Reply } from '../shared/rpc/session.js';
+import { negotiate, AGENT_VERSION } from '../shared/rpc/hello.js';
+import { listen, describePeer, type Listener, type PeerIdentity } from '../shared/transport/index.js';
+import { attrToWire } from '../shared/fs/convert.js';
+import { ROOT_ID } from '../shared/fs/interface.js';
+import { dispatchFsRequest, dispatchForget, callerFromWire, unknownExport } from './fs-dispatch.js';
+import type { pb } from '../shared/rpc/wire.js';
+
+export type CacheMode = 'long' | 'auto' | 'none';
+
+export interface ExportDef {
+  name: string;
+  /** Where the guest mounts it ('' when the guest chooses, as with `dirvisor-guest mount`). */
+  target: string;
+  readOnly: boolean;
+  cacheMode: CacheMode;
+  mountOptions: string[];
+  /** Opens a fresh view of the export for one connection (its own node and handle tables). */
+  open(): Promise<FileSystem>;
+}
+
+export interface VmView {
+  vmName: string;
+  exports(): ExportDef[];
+}
+
+/** Decides who a connection is. Returns the VM it may act for, or throws FsError with the reason. */
+export interface Authorizer {
+  identify(peer: PeerIdentity, token: string): VmView;
+}
+
+interface Mounted {
+  def: ExportDef;
+  fs: FileSystem;
+}
+
+export interface Connection {
+  id: number;
+  peer: PeerIdentity;
+  vmName?: string;
+  session: Session;
+  mounts: Map<number, Mounted>;
+  connectedAt: Date;
+}
+
+export class HostServer {
+  private readonly listeners: Listener[] = [];
+  private readonly connections = new Set<Connection>();
+  private nextConnId = 1;
+
+  constructor(private readonly authorizer: Authorizer, private readonly log: Logger) {}
+
+  async listen(uri: string): Promise<Listener> {
+    const l = await listen(uri, (stream, peer) => this.accept(stream, peer));
+    this.listeners.push(l);
+    this.log.info({ uri: l.uri }, 'listening');
+    return l;
+  }
+
+  get activeConnections(): ReadonlySet<Connection> {
+    return this.connections;
+  }
+
+  /** Drops every connection at once (tests of transport resets use it too). */
+  dropAll(reason: string): void {
+    for (const c of this.connections) {
+      c.session.close(reason);
+      c.session.stream.destroy();
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.listeners.splice(0).map((l) => l.close()));
+    this.dropAll('host agent stopping');
+  }
+
+  private accept(stream: Duplex, peer: PeerIdentity): void {
+    const id = this.nextConnId++;
+    const log = this.log.child({ conn: id, peer: describePeer(peer) });
+    const conn: Connection = { id, peer, mounts: new Map(), connectedAt: new Date(), session: undefined as unknown as Session };
+    let view: VmView | null = null;
+    let nextExportId = 1;
+
+    conn.session = new Session(stream, {
+      logger: log,
+      onRequest: async (req) => {
+        if (req.kind === 'hello') {
+          view = this.hello(req.envelope.hello!, peer, log);
+          conn.vmName = view.vmName;
+          return { body: { helloReply: { ...negotiate(req.envelope.hello!), agent: `dirvisor-host/${AGENT_VERSION}`, vmName: view.vmName } } };
+        }
+        if (!view) throw new FsError(E.EACCES, 'Hello first: the connection is not identified yet');
+        return this.serve(req, view, conn, () => nextExportId++, log);
+      },
+      onEvent: (frame) => {
+        if (frame.kind === 'forget') {
+          const m = conn.mounts.get(frame.envelope.exportId);
+          if (m) dispatchForget(m.fs, frame.envelope.forget!);
+        }
+      },
+    });
+    this.connections.add(conn);
+    log.info('connection accepted');
+    conn.session.once('close', (reason: string) => {
+      this.connections.delete(conn);
+      log.info({ reason, vm: conn.vmName }, 'connection closed');
+      for (const m of conn.mounts.values()) m.fs.destroy().catch((err) => log.warn({ err }, 'releasing an export view failed'));
+      conn.mounts.clear();
+    });
+  }
+
+  private hello(hello: pb.Hello.$Properties, peer: PeerIdentity, log: Logger): VmView {
+    try {
+      const view = this.authorizer.identify(peer, hello.token ?? '');
+      log.info({ vm: view.vmName, agent: hello.agent }, 'peer identified');
+      return view;
+    } catch (err) {
+      log.warn({ reason: (err as Error).message, agent: hello.agent }, 'connection refused');
+      throw err;
+    }
+  }
+
+  private async serve(req: IncomingRequest, view: VmView, conn: Connection, allocId: () => number, log: Logger): Promise<Reply> {
+    switch (req.kind) {
+      case 'listExports':
+        return { body: { exportList: { exports: view.exports().map(exportInfo) } } };
+      case 'mountExport': {
+        const name = req.envelope.mountExport!.name ?? '';
+        const def = view.exports().find((e) => e.name === name);
+        if (!def) throw new FsError(E.ENOENT, `VM ${view.vmName} has no export named "${name}"`);
+        const fs = await def.open();
+        const root = await fs.getattr({ uid: 0, gid: 0, pid: 0 }, ROOT_ID);
+        const exportId = allocId();
+        conn.mounts.set(exportId, { def, fs });
+        log.info({ export: name, exportId }, 'export mounted');
+        return { body: { mountReply: { exportId, info: exportInfo(def), root: attrToWire(root) } } };
+      }
+      case 'unmountExport': {
+        const exportId = req.envelope.unmountExport!.exportId ?? 0;
+        const m = conn.mounts.get(exportId);
+        if (!m) throw unknownExport(exportId);
+        conn.mounts.delete(exportId);
+        await m.fs.destroy();
+        return { body: { ok: {} } };
+      }
+      default: {
+        const m = conn.mounts.get(req.envelope.exportId);
+        if (!m) throw unknownExport(req.envelope.exportId);
+        const reply = await dispatchFsRequest(m.fs, req, callerFromWire(req.envelope.caller));
+        if (!reply) throw new FsError(E.ENOSYS, `${req.kind} is not a request the host serves`);
+        return reply;
+      }
+    }
+  }
+}
+
+function exportInfo(def: ExportDef): pb.ExportInfo.$Properties {
+  return { name: def.name, target: def.target, readOnly: def.readOnly, cacheMode: def.cacheMode, mountOptions: def.mountOptions };
+}

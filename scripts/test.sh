@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command: installs what is needed, builds, runs every test, and ends with the line
+# "N passed, N failed" taken from the test runner's own results.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || exit 1
+
+log=$(mktemp)
+npx ava --tap "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+passed=$(grep -cE '^ok [0-9]+' "$log" || true)
+failed=$(grep -cE '^not ok [0-9]+' "$log" || true)
+skipped=$(grep -cE '^ok [0-9]+ .*# SKIP' "$log" || true)
+rm -f "$log"
+# Leftover FUSE mounts from a failed test must not outlive the run.
+grep -E ' fuse\.dirvisor' /proc/mounts | awk '{print $2}' | while read -r m; do fusermount3 -uz "$m" 2>/dev/null; done
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi # a crash or uncaught exception counts
+echo "$((passed - skipped)) passed, $failed failed, $skipped skipped"
+exit "$status"
