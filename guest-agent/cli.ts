@@ -1,0 +1,119 @@
+// dirvisor-guest: the guest agent's command line.
+import { spawn, execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import fs from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { createLogger } from '../shared/log.js';
+import { parse, runMain, UsageError } from '../shared/cli.js';
+import { mountRemote } from './mount-command.js';
+import { OPTION_HELP } from './fuse/options.js';
+
+const PROGRAM = 'dirvisor-guest';
+
+const USAGE = `Usage:
+  ${PROGRAM} mount URI MOUNTPOINT [--token T] [-o OPTIONS] [--foreground] [--log-file FILE]
+      Mount the directory a host agent serves at URI (like sshfs).
+  ${PROGRAM} umount MOUNTPOINT
+      Unmount it; the background process exits cleanly.
+  ${PROGRAM} --help | --version
+
+URI is the host agent's address: vsock://2:PORT inside a VM, unix:///path or tcp://host:port
+for development (those need --token).
+
+Mount options (-o, comma-separated, repeatable):
+${OPTION_HELP}
+Without --foreground the command returns once the mount is usable and keeps serving it in the
+background; its logs go to --log-file (default: discarded).
+`;
+
+async function main(argv: string[]): Promise<number | void> {
+  const [command, ...rest] = argv;
+  if (!command || command === '--help' || command === '-h' || command === 'help') {
+    process.stdout.write(USAGE);
+    return command ? 0 : 2;
+  }
+  if (command === '--version') {
+    process.stdout.write('dirvisor-guest 0.1.0\n');
+    return 0;
+  }
+  if (command === 'mount') return mount(rest);
+  if (command === 'umount' || command === 'unmount') return umount(rest);
+  throw new UsageError(`unknown command "${command}"\nRun "${PROGRAM} --help" for usage.`);
+}
+
+async function mount(argv: string[]): Promise<number | void> {
+  const { values, positionals } = parse(PROGRAM, argv, {
+    options: {
+      token: { type: 'string' },
+      o: { type: 'string', short: 'o', multiple: true },
+      foreground: { type: 'boolean', short: 'f' },
+      'log-file': { type: 'string' },
+      'notify-parent': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (positionals.length !== 2) throw new UsageError(`mount takes URI and MOUNTPOINT\nRun "${PROGRAM} --help" for usage.`);
+  const [uri, mountpoint] = positionals;
+  const options = (values.o ?? []).flatMap((o) => o.split(',')).filter(Boolean);
+  if (!values.foreground) return daemonize(argv, values['log-file']);
+
+  const logger = createLogger(PROGRAM);
+  const notify = values['notify-parent'] && process.send ? (msg: object) => process.send!(msg) : null;
+  let running;
+  try {
+    running = await mountRemote({ uri, mountpoint, token: values.token, options, logger });
+  } catch (err) {
+    notify?.({ error: (err as Error).message });
+    throw err;
+  }
+  notify?.({ ready: true });
+  if (notify) process.disconnect();
+  const stop = (signal: string) => {
+    logger.info({ signal }, 'unmounting');
+    running.stop().catch((err) => logger.error({ err }, 'unmount failed'));
+  };
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
+  await running.done;
+  return 0;
+}
+
+/** Starts the same command in the foreground in a detached child; returns once it has mounted. */
+async function daemonize(argv: string[], logFile?: string): Promise<number> {
+  const out = logFile ? fs.openSync(path.resolve(logFile), 'a') : 'ignore';
+  const cli = fileURLToPath(import.meta.url);
+  const child = spawn(process.execPath, [cli, 'mount', ...argv, '--foreground', '--notify-parent'], {
+    detached: true,
+    stdio: ['ignore', out, out, 'ipc'],
+  });
+  const result = await new Promise<{ ready?: boolean; error?: string }>((resolve) => {
+    child.once('message', (m) => resolve(m as { ready?: boolean; error?: string }));
+    child.once('exit', (code) => resolve({ error: `the mount process exited (status ${code}) before the mount was ready` }));
+  });
+  if (result.error) {
+    process.stderr.write(`${PROGRAM}: ${result.error}\n`);
+    return 1;
+  }
+  child.unref();
+  child.disconnect?.();
+  return 0;
+}
+
+async function umount(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(PROGRAM, argv, { options: { lazy: { type: 'boolean', short: 'z' } } });
+  if (positionals.length !== 1) throw new UsageError(`umount takes MOUNTPOINT\nRun "${PROGRAM} --help" for usage.`);
+  try {
+    await promisify(execFile)('fusermount3', [values.lazy ? '-uz' : '-u', path.resolve(positionals[0])]);
+  } catch (err) {
+    const msg = ((err as { stderr?: string }).stderr ?? (err as Error).message).trim().replace(/^fusermount3: /, '');
+    throw new Error(`cannot unmount ${path.resolve(positionals[0])}: ${msg}`);
+  }
+  return 0;
+}
+
+runMain(PROGRAM, () => main(process.argv.slice(2)));

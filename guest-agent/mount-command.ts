@@ -1,0 +1,60 @@
+// `dirvisor-guest mount URI MOUNTPOINT`: connect to a host agent, mount one export with FUSE, and
+// serve it until unmounted (`dirvisor-guest umount`, `fusermount3 -u`) or signalled.
+import { HostLink } from './host-link.js';
+import { RemoteFileSystem } from './remote-fs.js';
+import { mountFileSystem, type Mount } from './fuse/adapter.js';
+import { parseMountOptions } from './fuse/options.js';
+import { checkMountpoint } from './mountpoint.js';
+import type { Logger } from '../shared/log.js';
+
+export interface MountCommandOptions {
+  uri: string;
+  mountpoint: string;
+  token?: string;
+  options: string[]; // the -o words
+  logger: Logger;
+}
+
+export interface RunningMount {
+  mount: Mount;
+  link: HostLink;
+  /** Resolves when the mount has gone away and everything is released. */
+  done: Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function mountRemote(opts: MountCommandOptions): Promise<RunningMount> {
+  const { fuse, agent } = parseMountOptions(opts.options);
+  const mountpoint = await checkMountpoint(opts.mountpoint);
+  const log = opts.logger.child({ mountpoint });
+  const link = new HostLink({ uri: opts.uri, token: opts.token, logger: log });
+  const hello = await link.connect();
+  log.info({ host: hello.agent, vm: hello.vmName, version: hello.version }, 'connected to host agent');
+  let mount: Mount;
+  try {
+    const exports = await link.listExports();
+    const name = agent.export ?? exports[0]?.name;
+    if (!name) throw new Error(`the host agent at ${opts.uri} offers no export to this guest`);
+    const mounted = await link.mountExport(name);
+    const remote = new RemoteFileSystem(link, () => mounted.exportId);
+    if (mounted.info.readOnly) fuse.readOnly = true;
+    mount = await mountFileSystem(remote, mountpoint, { ...fuse, fsname: fuse.fsname ?? `dirvisor:${name}`, logger: log });
+    log.info({ export: name }, 'mounted');
+  } catch (err) {
+    link.close('mount failed');
+    throw err;
+  }
+  const done = mount.closed.then(() => {
+    link.close('unmounted');
+    log.info('unmounted');
+  });
+  return {
+    mount,
+    link,
+    done,
+    async stop() {
+      await mount.unmount();
+      await done;
+    },
+  };
+}

@@ -1,0 +1,68 @@
+// dirvisor-host: the host agent's command line.
+import { createLogger } from '../shared/log.js';
+import { parse, runMain, UsageError } from '../shared/cli.js';
+import { serveDirectory } from './serve.js';
+
+const PROGRAM = 'dirvisor-host';
+
+const USAGE = `Usage:
+  ${PROGRAM} serve DIR --listen URI [--listen URI ...] [--token T] [--read-only]
+      Serve one directory to guests (like "sshfs"'s server side, in one line).
+  ${PROGRAM} --help | --version
+
+Transport URIs:
+  vsock://any:PORT            AF_VSOCK; the VM is identified by its CID
+  hvsock:///path/vm.vsock:PORT  Firecracker / Cloud Hypervisor hybrid vsock (listens on <path>_<PORT>)
+  unix:///path/to.sock        Unix socket (needs --token)
+  tcp://HOST:PORT             TCP (needs --token; for development and chaining)
+
+Options:
+  --listen URI     where guests connect (repeatable)
+  --token T        secret the guest must present (required on unix:// and tcp://)
+  --read-only      refuse every change (EROFS)
+
+Logs are JSON lines on stdout; set DIRVISOR_LOG_LEVEL=debug for more.
+Example:
+  ${PROGRAM} serve /srv/share --listen unix:///run/dirvisor.sock --token s3cret
+`;
+
+async function main(argv: string[]): Promise<number | void> {
+  const [command, ...rest] = argv;
+  if (!command || command === '--help' || command === '-h' || command === 'help') {
+    process.stdout.write(USAGE);
+    return command ? 0 : 2;
+  }
+  if (command === '--version') {
+    process.stdout.write('dirvisor-host 0.1.0\n');
+    return 0;
+  }
+  if (command === 'serve') return serve(rest);
+  throw new UsageError(`unknown command "${command}"\nRun "${PROGRAM} --help" for usage.`);
+}
+
+async function serve(argv: string[]): Promise<void> {
+  const { values, positionals } = parse(PROGRAM, argv, {
+    options: {
+      listen: { type: 'string', multiple: true },
+      token: { type: 'string' },
+      'read-only': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  if (positionals.length !== 1) throw new UsageError(`serve takes exactly one directory\nRun "${PROGRAM} --help" for usage.`);
+  if (!values.listen?.length) throw new UsageError(`serve needs --listen URI (e.g. --listen unix:///run/dirvisor.sock)\nRun "${PROGRAM} --help" for usage.`);
+  const logger = createLogger(PROGRAM);
+  const server = await serveDirectory({ dir: positionals[0], listen: values.listen, token: values.token, readOnly: values['read-only'], logger });
+  const stop = (signal: string) => {
+    logger.info({ signal }, 'stopping');
+    server.close().finally(() => process.exit(0));
+  };
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
+}
+
+runMain(PROGRAM, () => main(process.argv.slice(2)));

@@ -1,0 +1,52 @@
+// `dirvisor-host serve DIR --listen URI`: the one-line host agent. One directory, one export named
+// "default", offered to every guest that presents the token (or, on vsock/hvsock without a token,
+// to any VM that can reach the port).
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { FsError, E } from '../shared/fs/errors.js';
+import { parseAddress, needsToken } from '../shared/transport/index.js';
+import { tokenMatches } from '../shared/rpc/hello.js';
+import type { Logger } from '../shared/log.js';
+import { HostServer, type Authorizer, type ExportDef } from './server.js';
+import { PosixBackend } from './backend/posix.js';
+
+export interface ServeOptions {
+  dir: string;
+  listen: string[];
+  token?: string;
+  readOnly?: boolean;
+  logger: Logger;
+}
+
+export async function serveDirectory(opts: ServeOptions): Promise<HostServer> {
+  const dir = path.resolve(opts.dir);
+  const st = await fs.stat(dir).catch(() => null);
+  if (!st) throw new Error(`directory ${dir} does not exist; create it or name another`);
+  if (!st.isDirectory()) throw new Error(`${dir} is not a directory`);
+  for (const uri of opts.listen) {
+    const addr = parseAddress(uri);
+    if (!opts.token && (addr.transport === 'unix' || addr.transport === 'tcp')) {
+      throw new Error(`${uri}: ${addr.transport}:// does not identify the guest, so it needs --token T (any secret; give the same to dirvisor-guest mount)`);
+    }
+  }
+  const def: ExportDef = {
+    name: 'default',
+    target: '',
+    readOnly: !!opts.readOnly,
+    cacheMode: 'long',
+    mountOptions: [],
+    open: () => PosixBackend.create(dir, { readOnly: !!opts.readOnly, logger: opts.logger }),
+  };
+  const authorizer: Authorizer = {
+    identify(peer, token) {
+      if (opts.token ? !tokenMatches(token, opts.token) : needsToken(peer)) {
+        throw new FsError(E.EACCES, token ? 'wrong token' : 'a token is required on this transport');
+      }
+      return { vmName: 'default', exports: () => [def] };
+    },
+  };
+  const server = new HostServer(authorizer, opts.logger);
+  for (const uri of opts.listen) await server.listen(uri);
+  opts.logger.info({ dir, readOnly: !!opts.readOnly }, 'serving directory');
+  return server;
+}

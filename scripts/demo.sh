@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The main job, locally: both agents on this machine. The host agent serves a storage directory,
+# the guest agent mounts it with FUSE, and a short walkthrough shows files going both ways.
+# Ctrl-C (or the end of a non-interactive run) unmounts and stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+work=${DIRVISOR_DEMO_DIR:-/tmp/dirvisor-demo}
+storage=$work/storage      # stands in for a directory on network storage
+mnt=$work/mnt              # the guest's target directory
+sock=$work/host.sock
+token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+mkdir -p "$storage" "$mnt"
+
+host_pid=
+cleanup() {
+  trap - EXIT INT TERM
+  echo
+  echo "== cleaning up"
+  node bin/dirvisor-guest.js umount "$mnt" 2>/dev/null || fusermount3 -uz "$mnt" 2>/dev/null || true
+  [ -n "$host_pid" ] && kill "$host_pid" 2>/dev/null && wait "$host_pid" 2>/dev/null || true
+  echo "stopped; the storage directory $storage keeps the files"
+}
+trap cleanup EXIT INT TERM
+
+step() { printf '\n== %s\n' "$*"; }
+show() { printf '$ %s\n' "$*"; eval "$@"; }
+
+step "starting the host agent: serving $storage on unix://$sock"
+node bin/dirvisor-host.js serve "$storage" --listen "unix://$sock" --token "$token" >"$work/host.log" 2>&1 &
+host_pid=$!
+for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
+[ -S "$sock" ] || { echo "the host agent did not start; see $work/host.log"; cat "$work/host.log"; exit 1; }
+
+step "starting the guest agent: mounting it at $mnt"
+show node bin/dirvisor-guest.js mount "unix://$sock" "$mnt" --token "$token" --log-file "$work/guest.log"
+show "grep ' $mnt ' /proc/mounts"
+
+step "an application in the guest writes through the mount"
+show "echo 'hello from the guest' > $mnt/hello.txt"
+show "mkdir -p $mnt/projects/alpha && seq 1 5 > $mnt/projects/alpha/numbers"
+step "the files are on the storage side"
+show "ls -l $storage $storage/projects/alpha"
+show "cat $storage/hello.txt"
+
+step "someone changes the storage directly; the guest sees it"
+show "echo 'written on the storage node' > $storage/from-storage.txt"
+show "cat $mnt/from-storage.txt"
+show "ls -la $mnt"
+show "stat -c '%n: %s bytes, mode %A, owner %U' $mnt/hello.txt"
+
+if [ -t 0 ] && [ -z "${DIRVISOR_DEMO_NONINTERACTIVE:-}" ]; then
+  step "the mount stays up: try it in another terminal (ls $mnt). Ctrl-C to stop."
+  wait "$host_pid"
+fi
