@@ -68,6 +68,24 @@ export class HostServer {
     return this.connections;
   }
 
+  /**
+   * Tells the guests of a VM that its exports changed (attach, detach, redefinition), and releases
+   * the views of exports it no longer has, so a detached export cannot be used any more.
+   */
+  exportsChanged(vmName: string, current: ExportDef[]): void {
+    const names = new Set(current.map((e) => e.name));
+    for (const c of this.connections) {
+      if (c.vmName !== vmName) continue;
+      for (const [id, m] of c.mounts) {
+        if (names.has(m.def.name)) continue;
+        c.mounts.delete(id);
+        m.fs.destroy().catch(() => {});
+        this.log.info({ conn: c.id, vm: vmName, export: m.def.name }, 'export withdrawn from a connected guest');
+      }
+      c.session.notify({ exportsChanged: {} });
+    }
+  }
+
   /** Drops every connection at once (tests of transport resets use it too). */
   dropAll(reason: string): void {
     for (const c of this.connections) {

@@ -253,6 +253,7 @@ export class Session extends EventEmitter {
         },
         (err: unknown) => {
           if (controller.signal.aborted) return;
+          this.stats.errors++;
           const errno = toErrno(err);
           if (!(err instanceof FsError) && errno === E.EIO) this.log.error({ err, kind }, 'request handler failed');
           this.sendReply({ id, error: { errno, message: err instanceof Error ? err.message : String(err) } });

@@ -1,0 +1,142 @@
+// A VM definition: its name, how a connection proves it is that VM, and its shares (storage
+// directory -> guest target). The same shape comes from vms.d/*.yaml files and from the control API.
+import path from 'node:path';
+
+export type CacheMode = 'long' | 'auto' | 'none';
+
+export interface VmIdentity {
+  /** AF_VSOCK context id (QEMU/KVM vhost-vsock). */
+  cid?: number;
+  /** Firecracker / Cloud Hypervisor hybrid-vsock socket path. */
+  hvsock?: string;
+  /** Secret for unix:// and tcp:// connections. */
+  token?: string;
+}
+
+export interface ShareSpec {
+  /** Directory in the storage system, e.g. /projects/alpha. */
+  dir: string;
+  /** Mount point in the guest, e.g. /srv/alpha. */
+  target: string;
+  /** Export name the guest sees; defaults to the target without slashes ("srv-alpha"). */
+  name: string;
+  readOnly: boolean;
+  /** Create the directory (on the node with the most room) when it exists nowhere. */
+  create: boolean;
+  owner?: { uid: number; gid: number };
+  mode?: number;
+  cache?: CacheMode;
+}
+
+export interface VmSpec {
+  name: string;
+  identity: VmIdentity;
+  shares: ShareSpec[];
+  /** Where the definition came from: "vms.d/web-1.yaml" or "api". */
+  source: string;
+}
+
+export class SpecError extends Error {
+  constructor(where: string, message: string) {
+    super(`${where}: ${message}`);
+    this.name = 'SpecError';
+  }
+}
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+export function defaultExportName(target: string): string {
+  return target.replace(/^\/+|\/+$/g, '').replace(/\/+/g, '-') || 'root';
+}
+
+export function checkAbsolute(where: string, p: unknown): string {
+  if (typeof p !== 'string' || !p.startsWith('/')) throw new SpecError(where, `must be an absolute path, got ${JSON.stringify(p)}`);
+  if (p.split('/').some((c) => c === '..' || c === '.')) throw new SpecError(where, `must not contain "." or ".." components, got "${p}"`);
+  if (p.includes('\0')) throw new SpecError(where, 'must not contain NUL');
+  return path.posix.normalize(p).replace(/(.)\/$/, '$1');
+}
+
+/** Validates an untrusted object (parsed YAML or control request) as a VM spec. */
+export function parseVmSpec(raw: unknown, source: string): VmSpec {
+  const where = source;
+  if (!raw || typeof raw !== 'object') throw new SpecError(where, 'must be a mapping with name, identity and shares');
+  const r = raw as Record<string, unknown>;
+  if (typeof r.name !== 'string' || !NAME_RE.test(r.name)) throw new SpecError(`${where}: name`, `must be 1-63 letters, digits, ".", "_" or "-", got ${JSON.stringify(r.name)}`);
+  const identity = parseIdentity(r.identity, `${where}: identity`);
+  const sharesRaw = r.shares ?? [];
+  if (!Array.isArray(sharesRaw)) throw new SpecError(`${where}: shares`, 'must be a list');
+  const shares = sharesRaw.map((s, i) => parseShare(s, `${where}: shares[${i}]`));
+  checkUniqueShares(shares, where);
+  return { name: r.name, identity, shares, source };
+}
+
+function parseIdentity(raw: unknown, where: string): VmIdentity {
+  if (!raw || typeof raw !== 'object') throw new SpecError(where, 'must give one of cid, hvsock or token');
+  const r = raw as Record<string, unknown>;
+  const id: VmIdentity = {};
+  if (r.cid !== undefined) {
+    if (!Number.isInteger(r.cid) || (r.cid as number) < 3 || (r.cid as number) > 0xfffffffe) throw new SpecError(`${where}.cid`, `must be a guest CID (3 or more), got ${JSON.stringify(r.cid)}`);
+    id.cid = r.cid as number;
+  }
+  if (r.hvsock !== undefined) id.hvsock = checkAbsolute(`${where}.hvsock`, r.hvsock);
+  if (r.token !== undefined) {
+    if (typeof r.token !== 'string' || r.token.length < 8) throw new SpecError(`${where}.token`, 'must be a string of at least 8 characters');
+    id.token = r.token;
+  }
+  const unknown = Object.keys(r).filter((k) => !['cid', 'hvsock', 'token'].includes(k));
+  if (unknown.length) throw new SpecError(where, `unknown key "${unknown[0]}" (expected cid, hvsock or token)`);
+  if (id.cid === undefined && id.hvsock === undefined && id.token === undefined) throw new SpecError(where, 'must give one of cid, hvsock or token');
+  return id;
+}
+
+export function parseShare(raw: unknown, where: string): ShareSpec {
+  if (!raw || typeof raw !== 'object') throw new SpecError(where, 'must be a mapping with dir and target');
+  const r = raw as Record<string, unknown>;
+  const dir = checkAbsolute(`${where}.dir`, r.dir);
+  const target = checkAbsolute(`${where}.target`, r.target);
+  if (target === '/') throw new SpecError(`${where}.target`, 'cannot be / (the guest root)');
+  const name = r.name === undefined ? defaultExportName(target) : r.name;
+  if (typeof name !== 'string' || !NAME_RE.test(name)) throw new SpecError(`${where}.name`, `must be 1-63 letters, digits, ".", "_" or "-", got ${JSON.stringify(name)}`);
+  const share: ShareSpec = { dir, target, name, readOnly: bool(r.read_only ?? r.readOnly, false, `${where}.read_only`), create: bool(r.create, false, `${where}.create`) };
+  if (r.owner !== undefined) {
+    const m = /^(\d+):(\d+)$/.exec(String(r.owner));
+    if (!m) throw new SpecError(`${where}.owner`, `must be UID:GID, got ${JSON.stringify(r.owner)}`);
+    share.owner = { uid: Number(m[1]), gid: Number(m[2]) };
+  }
+  if (r.mode !== undefined) {
+    const mode = typeof r.mode === 'number' ? r.mode : /^0?[0-7]{3,4}$/.test(String(r.mode)) ? parseInt(String(r.mode), 8) : NaN;
+    if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) throw new SpecError(`${where}.mode`, `must be an octal mode like "0755", got ${JSON.stringify(r.mode)}`);
+    share.mode = mode;
+  }
+  if (r.cache !== undefined) {
+    if (r.cache !== 'long' && r.cache !== 'auto' && r.cache !== 'none') throw new SpecError(`${where}.cache`, `must be long, auto or none, got ${JSON.stringify(r.cache)}`);
+    share.cache = r.cache;
+  }
+  return share;
+}
+
+function bool(v: unknown, dflt: boolean, where: string): boolean {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'boolean') throw new SpecError(where, `must be true or false, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+export function checkUniqueShares(shares: ShareSpec[], where: string): void {
+  const names = new Set<string>();
+  const targets = new Set<string>();
+  for (const s of shares) {
+    if (names.has(s.name)) throw new SpecError(where, `two shares are named "${s.name}"`);
+    if (targets.has(s.target)) throw new SpecError(where, `two shares mount at ${s.target}`);
+    names.add(s.name);
+    targets.add(s.target);
+  }
+}
+
+/** Parses the CLI form DIR:TARGET[:ro]. */
+export function parseShareArg(arg: string): ShareSpec {
+  const parts = arg.split(':');
+  if (parts.length < 2 || parts.length > 3 || (parts.length === 3 && parts[2] !== 'ro' && parts[2] !== 'rw')) {
+    throw new SpecError(`--share ${arg}`, 'expected DIR:TARGET or DIR:TARGET:ro');
+  }
+  return parseShare({ dir: parts[0], target: parts[1], read_only: parts[2] === 'ro' }, `--share ${arg}`);
+}
