@@ -8,6 +8,8 @@ import { createLogger } from '../shared/log.js';
 import { parse, runMain, UsageError } from '../shared/cli.js';
 import { mountRemote } from './mount-command.js';
 import { OPTION_HELP } from './fuse/options.js';
+import { loadGuestConfig, DEFAULT_GUEST_CONFIG } from './config.js';
+import { GuestDaemon } from './daemon.js';
 
 const PROGRAM = 'dirvisor-guest';
 
@@ -16,6 +18,9 @@ const USAGE = `Usage:
       Mount the directory a host agent serves at URI (like sshfs).
   ${PROGRAM} umount MOUNTPOINT
       Unmount it; the background process exits cleanly.
+  ${PROGRAM} run [--config /etc/dirvisor/guest.yaml]
+      The managed agent (systemd service dirvisor-guest): mounts every export of this VM at its
+      target, follows attach/detach live, keeps mounts across host-agent restarts.
   ${PROGRAM} --help | --version
 
 URI is the host agent's address: vsock://2:PORT inside a VM, unix:///path or tcp://host:port
@@ -39,6 +44,7 @@ async function main(argv: string[]): Promise<number | void> {
   }
   if (command === 'mount') return mount(rest);
   if (command === 'umount' || command === 'unmount') return umount(rest);
+  if (command === 'run') return run(rest);
   throw new UsageError(`unknown command "${command}"\nRun "${PROGRAM} --help" for usage.`);
 }
 
@@ -101,6 +107,31 @@ async function daemonize(argv: string[], logFile?: string): Promise<number> {
   }
   child.unref();
   child.disconnect?.();
+  return 0;
+}
+
+async function run(argv: string[]): Promise<number> {
+  const { values } = parse(PROGRAM, argv, { options: { config: { type: 'string' }, 'allow-host-cid': { type: 'boolean' } } });
+  const configFile = values.config ?? DEFAULT_GUEST_CONFIG;
+  const config = await loadGuestConfig(configFile, values.config === undefined);
+  const logger = createLogger(PROGRAM);
+  logger.info({ config: configFile, host: config.host }, 'starting');
+  // Inside a VM the host is CID 2, which a guest must reach. Only an installed configuration (or an
+  // explicit flag) allows it, so a stray run on a machine that is not our guest connects nowhere.
+  const haveFile = await fs.promises.access(configFile).then(() => true, () => false);
+  const daemon = new GuestDaemon(config, logger, { allowHostCid: values['allow-host-cid'] ?? haveFile });
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping; unmounting');
+    daemon.stop().finally(() => process.exit(0));
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  await daemon.start();
+  logger.info({ mounts: daemon.mounts() }, 'ready');
+  await new Promise(() => {}); // runs until signalled
   return 0;
 }
 

@@ -1,7 +1,7 @@
 // `dirvisor-guest mount URI MOUNTPOINT`: connect to a host agent, mount one export with FUSE, and
 // serve it until unmounted (`dirvisor-guest umount`, `fusermount3 -u`) or signalled.
 import { HostLink } from './host-link.js';
-import { RemoteFileSystem } from './remote-fs.js';
+import { ResilientFileSystem } from './resilient-fs.js';
 import { mountFileSystem, type Mount } from './fuse/adapter.js';
 import { parseMountOptions } from './fuse/options.js';
 import { checkMountpoint } from './mountpoint.js';
@@ -35,9 +35,12 @@ export async function mountRemote(opts: MountCommandOptions): Promise<RunningMou
     const exports = await link.listExports();
     const name = agent.export ?? exports[0]?.name;
     if (!name) throw new Error(`the host agent at ${opts.uri} offers no export to this guest`);
-    const mounted = await link.mountExport(name);
-    const remote = new RemoteFileSystem(link, () => mounted.exportId);
-    if (mounted.info.readOnly) fuse.readOnly = true;
+    const info = exports.find((e) => e.name === name);
+    if (!info) throw new Error(`the host agent at ${opts.uri} has no export named "${name}" for this guest (it offers: ${exports.map((e) => e.name).join(', ') || 'none'})`);
+    const remote = new ResilientFileSystem(link, name, { logger: log });
+    // Mount it on the host now, so a wrong name or a storage problem is reported before FUSE mounts.
+    await remote.getattr({ uid: 0, gid: 0, pid: 0 }, 1);
+    if (info.readOnly) fuse.readOnly = true;
     mount = await mountFileSystem(remote, mountpoint, { ...fuse, fsname: fuse.fsname ?? `dirvisor:${name}`, logger: log });
     log.info({ export: name }, 'mounted');
   } catch (err) {

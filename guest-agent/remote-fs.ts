@@ -16,26 +16,36 @@ export interface RemoteOptions {
   deadlineMs?: number;
 }
 
-/** The session to use right now; reconnecting owners swap it underneath. */
-export interface SessionSource {
-  current(): Promise<Session>;
+/** Where requests go right now: a session and the id the host gave the export on it. */
+export interface Binding {
+  session: Session;
+  exportId: number;
 }
 
+/**
+ * Talks to one export over one binding. The binding is read synchronously when an operation
+ * starts, so a caller that just made sure it is current (ResilientFileSystem) gets exactly it.
+ */
 export class RemoteFileSystem implements FileSystem {
   private readonly deadlineMs: number;
 
   constructor(
-    private readonly sessions: SessionSource,
-    private readonly exportId: () => number,
+    private readonly bind: () => Binding,
     options: RemoteOptions = {},
   ) {
     this.deadlineMs = options.deadlineMs ?? 60_000;
   }
 
-  private async call(caller: Caller, body: EnvelopeInit, payload?: Buffer, slow = false): Promise<Frame> {
-    const session = await this.sessions.current();
+  private call(caller: Caller, body: EnvelopeInit, payload?: Buffer, slow = false): Promise<Frame> {
+    let session: Session;
+    let exportId: number;
+    try {
+      ({ session, exportId } = this.bind());
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return session.request(
-      { ...body, exportId: this.exportId(), caller: { uid: caller.uid, gid: caller.gid, pid: caller.pid, groups: caller.groups ?? [], umask: caller.umask } },
+      { ...body, exportId, caller: { uid: caller.uid, gid: caller.gid, pid: caller.pid, groups: caller.groups ?? [], umask: caller.umask } },
       { payload, deadlineMs: slow ? this.deadlineMs * 4 : this.deadlineMs },
     );
   }
@@ -55,10 +65,12 @@ export class RemoteFileSystem implements FileSystem {
 
   forget(items: ReadonlyArray<{ nodeId: number; nlookup: number }>): void {
     // Fire and forget: an event, no reply. If the session is gone the host dropped the nodes anyway.
-    this.sessions.current().then(
-      (s) => s.notify({ exportId: this.exportId(), forget: { items: items.map((i) => ({ nodeId: i.nodeId, nlookup: i.nlookup })) } }),
-      () => {},
-    );
+    try {
+      const { session, exportId } = this.bind();
+      session.notify({ exportId, forget: { items: items.map((i) => ({ nodeId: i.nodeId, nlookup: i.nlookup })) } });
+    } catch {
+      // not connected: nothing to release
+    }
   }
 
   getattr(caller: Caller, node: number, fh?: number): Promise<Attr> {

@@ -1,0 +1,441 @@
+// Keeps a guest mount working across host-agent restarts and transport resets.
+//
+// The kernel holds node ids and file handles for as long as it likes; the host's ids are valid only
+// on the connection (epoch) that issued them. So the kernel gets ids of our own, and we remember for
+// each node its parent and name, and for each handle its node and open flags. After a reconnection,
+// a node is found again by looking its name up under its (found again) parent, checked to be the
+// same inode, and a handle is opened again with the same flags (minus O_CREAT/O_EXCL/O_TRUNC).
+//
+// Operations interrupted by a lost connection are retried once the link is back, within a bounded
+// window (then they fail with ENOTCONN): reads, writes at an offset, getattr and the like are safe
+// to repeat. Creating and removing operations are repeated too, and a repeat that finds its own
+// earlier effect (EEXIST after mkdir, ENOENT after unlink) counts as success — as NFS clients do.
+import type {
+  FileSystem, Caller, Entry, Attr, SetAttr, OpenResult, CreateResult, DirEntry, StatFs,
+} from '../shared/fs/interface.js';
+import { ROOT_ID } from '../shared/fs/interface.js';
+import { FsError, E } from '../shared/fs/errors.js';
+import type { Logger } from '../shared/log.js';
+import type { HostLink } from './host-link.js';
+import { RemoteFileSystem } from './remote-fs.js';
+
+const INTERNAL: Caller = { uid: 0, gid: 0, pid: 0 };
+const REOPEN_MASK = ~(0o100 | 0o200 | 0o1000); // O_CREAT | O_EXCL | O_TRUNC
+
+interface NodeRecord {
+  parent: number;
+  name: Buffer;
+  ino: number;
+  /** References the kernel holds (lookup count). */
+  lookups: number;
+  hostId: number;
+  epoch: number;
+  /** References we hold on hostId in `epoch`, returned to the host when the kernel forgets. */
+  hostLookups: number;
+}
+
+interface HandleRecord {
+  node: number;
+  flags: number;
+  dir: boolean;
+  hostFh: number;
+  epoch: number;
+}
+
+export interface ResilientOptions {
+  logger: Logger;
+  /** How long an operation waits for the host to come back before failing with ENOTCONN. */
+  retryWindowMs?: number;
+  /** Deadline of one request on the wire. */
+  requestDeadlineMs?: number;
+}
+
+export class ResilientFileSystem implements FileSystem {
+  private readonly nodes = new Map<number, NodeRecord>();
+  /** Host node id -> our id, for the current export epoch only. */
+  private byHost = new Map<number, number>();
+  private readonly handles = new Map<number, HandleRecord>();
+  private readonly resolving = new Map<number, Promise<number>>();
+  private nextNode = ROOT_ID + 1;
+  private nextFh = 1;
+  private exportId = 0;
+  private exportEpoch = 0;
+  private mounting: Promise<void> | null = null;
+  private readonly remote: RemoteFileSystem;
+  private readonly retryWindowMs: number;
+  private readonly log: Logger;
+
+  constructor(private readonly hostLink: HostLink, readonly exportName: string, options: ResilientOptions) {
+    this.log = options.logger;
+    this.retryWindowMs = options.retryWindowMs ?? 30_000;
+    this.remote = new RemoteFileSystem(() => {
+      const session = this.hostLink.activeSession;
+      if (!session || this.exportEpoch !== this.hostLink.epoch) throw new FsError(E.ENOTCONN, 'connection to the host agent lost');
+      return { session, exportId: this.exportId };
+    }, { deadlineMs: options.requestDeadlineMs });
+  }
+
+  // ---- epochs and retries ----
+
+  /** Waits until connected and the export is mounted on the current connection; returns the epoch. */
+  private async ready(deadline: number): Promise<number> {
+    for (;;) {
+      await this.hostLink.current(Math.max(0, deadline - Date.now()));
+      const epoch = this.hostLink.epoch;
+      if (this.exportEpoch === epoch) return epoch;
+      this.mounting ??= this.mountExport(epoch).finally(() => (this.mounting = null));
+      await this.mounting;
+      if (this.exportEpoch === this.hostLink.epoch) return this.exportEpoch;
+    }
+  }
+
+  private async mountExport(epoch: number): Promise<void> {
+    const session = this.hostLink.activeSession;
+    if (!session) return;
+    try {
+      const m = await this.hostLink.mountExport(this.exportName, session);
+      if (this.hostLink.epoch !== epoch) return;
+      this.exportId = m.exportId;
+      this.exportEpoch = epoch;
+      this.byHost = new Map();
+      if (epoch > 1) this.log.info({ export: this.exportName, epoch }, 'export mounted again after reconnecting');
+    } catch (err) {
+      if (err instanceof FsError && err.errno === E.ENOENT) {
+        throw new FsError(E.ESTALE, `export ${this.exportName} is no longer offered to this VM`);
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * Runs `op` against the current connection. If the connection is lost while it runs, waits for
+   * the next one and runs it again, until the retry window closes.
+   */
+  private async run<T>(op: (epoch: number) => Promise<T>, onRepeat?: (err: FsError) => Promise<T> | null): Promise<T> {
+    const deadline = Date.now() + this.retryWindowMs;
+    let repeated = false;
+    for (;;) {
+      const epoch = await this.ready(deadline);
+      try {
+        return await op(epoch);
+      } catch (err) {
+        if (err instanceof FsError && err.errno === E.ENOTCONN && Date.now() < deadline) {
+          repeated = true;
+          continue;
+        }
+        if (repeated && err instanceof FsError && onRepeat) {
+          const answer = onRepeat(err);
+          if (answer) return answer;
+        }
+        throw err;
+      }
+    }
+  }
+
+  // ---- node and handle translation ----
+
+  private async hostNode(id: number, epoch: number): Promise<number> {
+    if (id === ROOT_ID) return ROOT_ID;
+    const rec = this.nodes.get(id);
+    if (!rec) throw new FsError(E.ESTALE, `node ${id} is not known`);
+    if (rec.epoch === epoch) return rec.hostId;
+    let pending = this.resolving.get(id);
+    if (!pending) {
+      pending = this.relookup(id, rec, epoch).finally(() => this.resolving.delete(id));
+      this.resolving.set(id, pending);
+    }
+    return pending;
+  }
+
+  /** Finds a node again on a new connection: look its name up under its parent, same inode or ESTALE. */
+  private async relookup(id: number, rec: NodeRecord, epoch: number): Promise<number> {
+    const parent = await this.hostNode(rec.parent, epoch);
+    const entry = await this.remote.lookup(INTERNAL, parent, rec.name);
+    if (entry.attr.ino !== rec.ino) {
+      this.remote.forget([{ nodeId: entry.nodeId, nlookup: 1 }]);
+      throw new FsError(E.ESTALE, `${rec.name.toString()} was replaced on the storage side while the host agent was away`);
+    }
+    if (rec.epoch !== epoch) {
+      rec.hostId = entry.nodeId;
+      rec.epoch = epoch;
+      rec.hostLookups = 1;
+      this.byHost.set(entry.nodeId, id);
+    } else {
+      this.remote.forget([{ nodeId: entry.nodeId, nlookup: 1 }]); // resolved twice; keep one reference
+    }
+    return rec.hostId;
+  }
+
+  /** Takes an entry from the host and gives the kernel our id for it. */
+  private adopt(parent: number, name: Buffer, entry: Entry, epoch: number): Entry {
+    let id = this.byHost.get(entry.nodeId);
+    const rec = id !== undefined ? this.nodes.get(id) : undefined;
+    if (id !== undefined && rec && rec.epoch === epoch) {
+      rec.lookups++;
+      rec.hostLookups++;
+      rec.parent = parent;
+      rec.name = Buffer.from(name);
+      rec.ino = entry.attr.ino;
+    } else {
+      id = this.nextNode++;
+      this.nodes.set(id, { parent, name: Buffer.from(name), ino: entry.attr.ino, lookups: 1, hostId: entry.nodeId, epoch, hostLookups: 1 });
+      this.byHost.set(entry.nodeId, id);
+    }
+    return { ...entry, nodeId: id };
+  }
+
+  private async hostHandle(fh: number, epoch: number): Promise<{ node: number; hostFh: number }> {
+    const h = this.handles.get(fh);
+    if (!h) throw new FsError(E.EBADF, `file handle ${fh} is not open`);
+    const node = await this.hostNode(h.node, epoch);
+    if (h.epoch !== epoch) {
+      const reopened = h.dir ? await this.remote.opendir(INTERNAL, node, h.flags) : await this.remote.open(INTERNAL, node, h.flags & REOPEN_MASK);
+      if (h.epoch !== epoch) {
+        h.hostFh = reopened.fh;
+        h.epoch = epoch;
+      }
+    }
+    return { node, hostFh: h.hostFh };
+  }
+
+  private newHandle(node: number, flags: number, dir: boolean, hostFh: number, epoch: number): number {
+    const fh = this.nextFh++;
+    this.handles.set(fh, { node, flags, dir, hostFh, epoch });
+    return fh;
+  }
+
+  /** Our own rename changes where a node lives; remember it so a later relookup finds it. */
+  private moved(parent: number, name: Buffer, newParent: number, newName: Buffer): void {
+    for (const rec of this.nodes.values()) {
+      if (rec.parent === parent && rec.name.equals(name)) {
+        rec.parent = newParent;
+        rec.name = Buffer.from(newName);
+      } else if (rec.parent === newParent && rec.name.equals(newName)) {
+        rec.name = Buffer.from(name); // RENAME_EXCHANGE: the other one moved the other way
+        rec.parent = parent;
+      }
+    }
+  }
+
+  // ---- FileSystem ----
+
+  lookup(caller: Caller, parent: number, name: Buffer): Promise<Entry> {
+    return this.run(async (epoch) => this.adopt(parent, name, await this.remote.lookup(caller, await this.hostNode(parent, epoch), name), epoch));
+  }
+
+  forget(items: ReadonlyArray<{ nodeId: number; nlookup: number }>): void {
+    const toHost: Array<{ nodeId: number; nlookup: number }> = [];
+    for (const { nodeId, nlookup } of items) {
+      const rec = this.nodes.get(nodeId);
+      if (!rec || nodeId === ROOT_ID) continue;
+      rec.lookups -= nlookup;
+      if (rec.lookups > 0) continue;
+      this.nodes.delete(nodeId);
+      if (rec.epoch === this.exportEpoch) {
+        this.byHost.delete(rec.hostId);
+        toHost.push({ nodeId: rec.hostId, nlookup: rec.hostLookups });
+      }
+    }
+    if (toHost.length) this.remote.forget(toHost);
+  }
+
+  getattr(caller: Caller, node: number, fh?: number): Promise<Attr> {
+    return this.run(async (epoch) => this.remote.getattr(caller, await this.hostNode(node, epoch), fh !== undefined && this.handles.has(fh) ? (await this.hostHandle(fh, epoch)).hostFh : undefined));
+  }
+
+  setattr(caller: Caller, node: number, set: SetAttr, fh?: number): Promise<Attr> {
+    return this.run(async (epoch) => this.remote.setattr(caller, await this.hostNode(node, epoch), set, fh !== undefined && this.handles.has(fh) ? (await this.hostHandle(fh, epoch)).hostFh : undefined));
+  }
+
+  readlink(caller: Caller, node: number): Promise<Buffer> {
+    return this.run(async (epoch) => this.remote.readlink(caller, await this.hostNode(node, epoch)));
+  }
+
+  private creating(caller: Caller, parent: number, name: Buffer, make: (hostParent: number, epoch: number) => Promise<Entry>): Promise<Entry> {
+    return this.run(
+      async (epoch) => this.adopt(parent, name, await make(await this.hostNode(parent, epoch), epoch), epoch),
+      (err) => (err.errno === E.EEXIST ? this.lookup(caller, parent, name) : null),
+    );
+  }
+
+  mknod(caller: Caller, parent: number, name: Buffer, mode: number, rdev: number): Promise<Entry> {
+    return this.creating(caller, parent, name, (p) => this.remote.mknod(caller, p, name, mode, rdev));
+  }
+
+  mkdir(caller: Caller, parent: number, name: Buffer, mode: number): Promise<Entry> {
+    return this.creating(caller, parent, name, (p) => this.remote.mkdir(caller, p, name, mode));
+  }
+
+  symlink(caller: Caller, parent: number, name: Buffer, target: Buffer): Promise<Entry> {
+    return this.creating(caller, parent, name, (p) => this.remote.symlink(caller, p, name, target));
+  }
+
+  link(caller: Caller, node: number, newParent: number, newName: Buffer): Promise<Entry> {
+    return this.creating(caller, newParent, newName, async (p, epoch) => this.remote.link(caller, await this.hostNode(node, epoch), p, newName));
+  }
+
+  unlink(caller: Caller, parent: number, name: Buffer): Promise<void> {
+    return this.run(
+      async (epoch) => this.remote.unlink(caller, await this.hostNode(parent, epoch), name),
+      (err) => (err.errno === E.ENOENT ? Promise.resolve() : null),
+    );
+  }
+
+  rmdir(caller: Caller, parent: number, name: Buffer): Promise<void> {
+    return this.run(
+      async (epoch) => this.remote.rmdir(caller, await this.hostNode(parent, epoch), name),
+      (err) => (err.errno === E.ENOENT ? Promise.resolve() : null),
+    );
+  }
+
+  async rename(caller: Caller, parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number): Promise<void> {
+    await this.run(
+      async (epoch) => this.remote.rename(caller, await this.hostNode(parent, epoch), name, await this.hostNode(newParent, epoch), newName, flags),
+      (err) => (err.errno === E.ENOENT ? this.lookup(INTERNAL, newParent, newName).then((e) => this.forget([{ nodeId: e.nodeId, nlookup: 1 }])) : null),
+    );
+    this.moved(parent, name, newParent, newName);
+  }
+
+  open(caller: Caller, node: number, flags: number): Promise<OpenResult> {
+    return this.run(async (epoch) => {
+      const r = await this.remote.open(caller, await this.hostNode(node, epoch), flags);
+      return { ...r, fh: this.newHandle(node, flags, false, r.fh, epoch) };
+    });
+  }
+
+  create(caller: Caller, parent: number, name: Buffer, mode: number, flags: number): Promise<CreateResult> {
+    return this.run(
+      async (epoch) => {
+        const r = await this.remote.create(caller, await this.hostNode(parent, epoch), name, mode, flags);
+        const entry = this.adopt(parent, name, r.entry, epoch);
+        return { ...r, entry, fh: this.newHandle(entry.nodeId, flags, false, r.fh, epoch) };
+      },
+      // Our create went through before the connection dropped: open what it made.
+      (err) => (err.errno === E.EEXIST ? this.lookup(caller, parent, name).then(async (entry) => ({ entry, ...(await this.open(caller, entry.nodeId, flags & REOPEN_MASK)) })) : null),
+    );
+  }
+
+  read(caller: Caller, node: number, fh: number, offset: number, size: number): Promise<Buffer> {
+    return this.run(async (epoch) => {
+      const h = await this.hostHandle(fh, epoch);
+      return this.remote.read(caller, h.node, h.hostFh, offset, size);
+    });
+  }
+
+  write(caller: Caller, node: number, fh: number, offset: number, data: Buffer): Promise<number> {
+    return this.run(async (epoch) => {
+      const h = await this.hostHandle(fh, epoch);
+      return this.remote.write(caller, h.node, h.hostFh, offset, data);
+    });
+  }
+
+  flush(caller: Caller, node: number, fh: number): Promise<void> {
+    return this.run(async (epoch) => {
+      const h = await this.hostHandle(fh, epoch);
+      return this.remote.flush(caller, h.node, h.hostFh);
+    });
+  }
+
+  fsync(caller: Caller, node: number, fh: number, datasync: boolean): Promise<void> {
+    return this.run(async (epoch) => {
+      const h = await this.hostHandle(fh, epoch);
+      return this.remote.fsync(caller, h.node, h.hostFh, datasync);
+    });
+  }
+
+  async release(caller: Caller, node: number, fh: number): Promise<void> {
+    const h = this.handles.get(fh);
+    this.handles.delete(fh);
+    // A handle from an earlier connection died with it on the host: nothing to release there.
+    if (!h || h.epoch !== this.exportEpoch || !this.hostLink.connected) return;
+    const hostNode = this.nodes.get(h.node)?.hostId ?? ROOT_ID;
+    await (h.dir ? this.remote.releasedir(caller, hostNode, h.hostFh) : this.remote.release(caller, hostNode, h.hostFh)).catch((err) => {
+      if (!(err instanceof FsError && err.errno === E.ENOTCONN)) throw err;
+    });
+  }
+
+  opendir(caller: Caller, node: number, flags: number): Promise<OpenResult> {
+    return this.run(async (epoch) => {
+      const r = await this.remote.opendir(caller, await this.hostNode(node, epoch), flags);
+      return { ...r, fh: this.newHandle(node, flags, true, r.fh, epoch) };
+    });
+  }
+
+  readdir(caller: Caller, node: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
+    return this.run(async (epoch) => {
+      const h = await this.hostHandle(fh, epoch);
+      const entries = await this.remote.readdir(caller, h.node, h.hostFh, offset, maxEntries, plus);
+      return entries.map((d) => (d.entry ? { ...d, entry: this.adopt(node, d.name, d.entry, epoch) } : d));
+    });
+  }
+
+  fsyncdir(caller: Caller, node: number, fh: number, datasync: boolean): Promise<void> {
+    return this.run(async (epoch) => {
+      const h = await this.hostHandle(fh, epoch);
+      return this.remote.fsyncdir(caller, h.node, h.hostFh, datasync);
+    });
+  }
+
+  releasedir(caller: Caller, node: number, fh: number): Promise<void> {
+    return this.release(caller, node, fh);
+  }
+
+  statfs(caller: Caller, node: number): Promise<StatFs> {
+    return this.run(async (epoch) => this.remote.statfs(caller, await this.hostNode(node, epoch)));
+  }
+
+  setxattr(caller: Caller, node: number, name: Buffer, value: Buffer, flags: number): Promise<void> {
+    return this.run(async (epoch) => this.remote.setxattr(caller, await this.hostNode(node, epoch), name, value, flags));
+  }
+
+  getxattr(caller: Caller, node: number, name: Buffer, size: number): Promise<Buffer | number> {
+    return this.run(async (epoch) => this.remote.getxattr(caller, await this.hostNode(node, epoch), name, size));
+  }
+
+  listxattr(caller: Caller, node: number, size: number): Promise<Buffer | number> {
+    return this.run(async (epoch) => this.remote.listxattr(caller, await this.hostNode(node, epoch), size));
+  }
+
+  removexattr(caller: Caller, node: number, name: Buffer): Promise<void> {
+    return this.run(async (epoch) => this.remote.removexattr(caller, await this.hostNode(node, epoch), name));
+  }
+
+  access(caller: Caller, node: number, mask: number): Promise<void> {
+    return this.run(async (epoch) => this.remote.access(caller, await this.hostNode(node, epoch), mask));
+  }
+
+  fallocate(caller: Caller, node: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
+    return this.run(async (epoch) => {
+      const h = await this.hostHandle(fh, epoch);
+      return this.remote.fallocate(caller, h.node, h.hostFh, mode, offset, length);
+    });
+  }
+
+  copyFileRange(
+    caller: Caller, nodeIn: number, fhIn: number, offsetIn: number,
+    nodeOut: number, fhOut: number, offsetOut: number, length: number, flags: number,
+  ): Promise<number> {
+    return this.run(async (epoch) => {
+      const a = await this.hostHandle(fhIn, epoch);
+      const b = await this.hostHandle(fhOut, epoch);
+      return this.remote.copyFileRange(caller, a.node, a.hostFh, offsetIn, b.node, b.hostFh, offsetOut, length, flags);
+    });
+  }
+
+  lseek(caller: Caller, node: number, fh: number, offset: number, whence: number): Promise<number> {
+    return this.run(async (epoch) => {
+      const h = await this.hostHandle(fh, epoch);
+      return this.remote.lseek(caller, h.node, h.hostFh, offset, whence);
+    });
+  }
+
+  async destroy(): Promise<void> {
+    this.nodes.clear();
+    this.handles.clear();
+  }
+
+  /** Our node id for a host node id on the current connection (coherence events use it). */
+  guestNodeFor(hostId: number): number | undefined {
+    return hostId === ROOT_ID ? ROOT_ID : this.byHost.get(hostId);
+  }
+}
