@@ -2,12 +2,17 @@
 import { createLogger } from '../shared/log.js';
 import { parse, runMain, UsageError } from '../shared/cli.js';
 import { serveDirectory } from './serve.js';
+import { startHostDaemon } from './daemon.js';
+import { DEFAULT_CONFIG_PATH } from './config.js';
 
 const PROGRAM = 'dirvisor-host';
 
 const USAGE = `Usage:
   ${PROGRAM} serve DIR --listen URI [--listen URI ...] [--token T] [--read-only]
       Serve one directory to guests (like "sshfs"'s server side, in one line).
+  ${PROGRAM} run [--config /etc/dirvisor/host.yaml]
+      The managed agent (systemd service dirvisor-host): storage map, VMs from vms.d and
+      dirvisorctl, exports resolved on the storage nodes. See dirvisorctl --help.
   ${PROGRAM} --help | --version
 
 Transport URIs:
@@ -37,6 +42,7 @@ async function main(argv: string[]): Promise<number | void> {
     return 0;
   }
   if (command === 'serve') return serve(rest);
+  if (command === 'run') return run(rest);
   throw new UsageError(`unknown command "${command}"\nRun "${PROGRAM} --help" for usage.`);
 }
 
@@ -63,6 +69,21 @@ async function serve(argv: string[]): Promise<void> {
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
+}
+
+async function run(argv: string[]): Promise<void> {
+  const { values } = parse(PROGRAM, argv, { options: { config: { type: 'string' } } });
+  const logger = createLogger(PROGRAM);
+  const daemon = await startHostDaemon(values.config ?? DEFAULT_CONFIG_PATH, logger);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping');
+    daemon.stop().finally(() => process.exit(0));
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
 }
 
 runMain(PROGRAM, () => main(process.argv.slice(2)));

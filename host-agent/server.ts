@@ -55,7 +55,11 @@ export class HostServer {
   private readonly connections = new Set<Connection>();
   private nextConnId = 1;
 
-  constructor(private readonly authorizer: Authorizer, private readonly log: Logger) {}
+  constructor(
+    private readonly authorizer: Authorizer,
+    private readonly log: Logger,
+    private readonly limits: { maxInFlight?: number } = {},
+  ) {}
 
   async listen(uri: string): Promise<Listener> {
     const l = await listen(uri, (stream, peer) => this.accept(stream, peer));
@@ -108,6 +112,7 @@ export class HostServer {
 
     conn.session = new Session(stream, {
       logger: log,
+      maxIncoming: this.limits.maxInFlight,
       onRequest: async (req) => {
         if (req.kind === 'hello') {
           view = this.hello(req.envelope.hello!, peer, log);

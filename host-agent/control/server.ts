@@ -6,6 +6,7 @@ import type { Logger } from '../../shared/log.js';
 import { FsError, errnoName } from '../../shared/fs/errors.js';
 import type { VmRegistry } from '../vms/registry.js';
 import type { HostServer } from '../server.js';
+import type { StorageMap } from '../storage/index.js';
 import { parseVmSpec, parseShare, type ShareSpec } from '../vms/spec.js';
 import { MAX_CONTROL_LINE, type ControlReply, type ControlRequest } from './protocol.js';
 import { statusReport, listReport } from './status.js';
@@ -13,6 +14,7 @@ import { statusReport, listReport } from './status.js';
 export interface ControlContext {
   registry: VmRegistry;
   server: HostServer;
+  storage?: StorageMap;
   logger: Logger;
   startedAt: Date;
 }
@@ -90,7 +92,7 @@ async function execute(req: ControlRequest, ctx: ControlContext): Promise<unknow
     case 'list':
       return listReport(registry.list());
     case 'status':
-      return statusReport(ctx);
+      return await statusReport(ctx);
     default:
       throw new FsError(22, `unknown control operation "${String(req.op)}"`);
   }

@@ -22,7 +22,7 @@ export function listReport(records: VmRecord[]) {
   }));
 }
 
-export function statusReport(ctx: ControlContext) {
+export async function statusReport(ctx: ControlContext) {
   const connections = [...ctx.server.activeConnections].map((c) => ({
     id: c.id,
     vm: c.vmName ?? null,
@@ -39,5 +39,6 @@ export function statusReport(ctx: ControlContext) {
     uptimeSeconds: Math.round((Date.now() - ctx.startedAt.getTime()) / 1000),
     vms: listReport(ctx.registry.list()).map((vm) => ({ ...vm, connections: connections.filter((c) => c.vm === vm.name).length })),
     connections,
+    storage: ctx.storage ? { nodes: await ctx.storage.nodeStatus(), decisions: ctx.storage.decisions().slice(-20) } : undefined,
   };
 }

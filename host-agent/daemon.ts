@@ -1,0 +1,57 @@
+// `dirvisor-host run`: the managed host agent (systemd service dirvisor-host). Wires the pieces:
+// configuration -> storage map -> VM registry (vms.d + control API + saved state) -> protocol server.
+import path from 'node:path';
+import type { Logger } from '../shared/log.js';
+import { loadConfig, type HostConfig } from './config.js';
+import { StorageMap } from './storage/index.js';
+import { VmRegistry } from './vms/registry.js';
+import { VmsDirWatcher } from './vms/watch.js';
+import { HostServer } from './server.js';
+import { listenControl } from './control/server.js';
+import { PosixBackend } from './backend/posix.js';
+import { sdNotify, startWatchdog } from '../native/systemd.js';
+
+export interface HostDaemon {
+  config: HostConfig;
+  registry: VmRegistry;
+  server: HostServer;
+  storage: StorageMap;
+  stop(): Promise<void>;
+}
+
+export async function startHostDaemon(configFile: string, logger: Logger, opts: { missingOk?: boolean } = {}): Promise<HostDaemon> {
+  const config = await loadConfig(configFile, { missingOk: opts.missingOk });
+  logger.info({ config: config.source, nodes: config.storage.nodes.map((n) => n.name), listen: config.listen }, 'configuration loaded');
+  const storage = new StorageMap(config.storage, logger.child({ component: 'storage' }));
+  const registry = new VmRegistry({
+    stateFile: path.join(config.stateDir, 'state.json'),
+    logger: logger.child({ component: 'vms' }),
+    defaultCache: config.defaults.cache,
+    resolve: (share) => storage.resolve(share.dir, { create: share.create, owner: share.owner, mode: share.mode }),
+    openExport: (hostPath, share) =>
+      PosixBackend.create(hostPath, { readOnly: share.readOnly || config.defaults.readOnly, logger, maxHandles: config.limits.maxHandles }),
+  });
+  await registry.load();
+  const server = new HostServer(registry, logger, { maxInFlight: config.limits.maxInFlight });
+  registry.on('changed', (vm: string) => server.exportsChanged(vm, registry.exportsOf(vm)));
+  const watcher = new VmsDirWatcher(config.vmsDir, registry, logger.child({ component: 'vms.d' }));
+  await watcher.start();
+  for (const uri of config.listen) await server.listen(uri);
+  const control = await listenControl(config.controlSocket, { registry, server, storage, logger: logger.child({ component: 'control' }), startedAt: new Date() });
+  const watchdog = startWatchdog();
+  sdNotify('READY=1');
+  logger.info({ vms: registry.list().length }, 'host agent ready');
+  return {
+    config,
+    registry,
+    server,
+    storage,
+    async stop() {
+      sdNotify('STOPPING=1');
+      watchdog.stop();
+      await watcher.stop();
+      await control.close();
+      await server.close();
+    },
+  };
+}
