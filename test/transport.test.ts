@@ -4,6 +4,7 @@ import test from 'ava';
 import net from 'node:net';
 import path from 'node:path';
 import fs from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, listen, parseAddress, type PeerIdentity } from '../shared/transport/index.js';
 import { connectHvsock } from '../shared/transport/hvsock.js';
@@ -44,9 +45,7 @@ test('a unix listener replaces a stale socket file but refuses a live one', asyn
   await t.throwsAsync(listen(`unix://${p}`, () => {}), { message: /another process is listening/ });
   await first.close();
   // Leave a socket file behind with nobody listening, as a killed agent would.
-  const srv = net.createServer().listen(p);
-  await new Promise((r) => srv.once('listening', r));
-  (srv as unknown as { _handle: { close(): void } })._handle.close();
+  execFileSync('python3', ['-c', 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])', p]);
   t.true(fs.existsSync(p));
   const second = await listen(`unix://${p}`, () => {});
   await second.close();

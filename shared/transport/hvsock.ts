@@ -21,38 +21,42 @@ export async function connectHvsock(path: string, port: number, timeoutMs = HAND
   const what = `hybrid vsock ${path} port ${port}`;
   const socket = await connectSocket({ path }, what, timeoutMs);
   socket.write(`CONNECT ${port}\n`);
+  // Read the reply line in paused mode ('readable' + read()), so whatever follows it stays in the
+  // socket's buffer for the real consumer; a flowing-mode reader would drop it.
   return new Promise((resolve, reject) => {
-    let line = Buffer.alloc(0);
+    let line: Buffer = Buffer.alloc(0);
     const fail = (message: string, code: string) => {
       cleanup();
       socket.destroy();
       reject(new HvsockError(`${what}: ${message}`, code));
     };
     const timer = setTimeout(() => fail(`no reply to CONNECT within ${timeoutMs} ms`, 'ETIMEDOUT'), timeoutMs);
-    const onData = (chunk: Buffer) => {
-      line = Buffer.concat([line, chunk]);
-      const nl = line.indexOf(0x0a);
-      if (nl < 0) {
-        if (line.length > MAX_REPLY_LINE) fail(`reply to CONNECT is not a line: "${printable(line)}"`, 'EPROTO');
-        return;
+    const onReadable = () => {
+      let chunk: Buffer | null;
+      while ((chunk = socket.read() as Buffer | null) !== null) {
+        line = Buffer.concat([line, chunk]);
+        const nl = line.indexOf(0x0a);
+        if (nl < 0) {
+          if (line.length > MAX_REPLY_LINE) return fail(`reply to CONNECT is not a line: "${printable(line)}"`, 'EPROTO');
+          continue;
+        }
+        const reply = line.subarray(0, nl).toString('latin1');
+        if (!/^OK \d+$/.test(reply)) return fail(`expected "OK <port>" after CONNECT, got "${printable(line.subarray(0, nl))}" (is a guest listening on port ${port}?)`, 'ECONNREFUSED');
+        cleanup();
+        if (line.length > nl + 1) socket.unshift(line.subarray(nl + 1));
+        return resolve(socket);
       }
-      const reply = line.subarray(0, nl).toString('latin1');
-      if (!/^OK \d+$/.test(reply)) return fail(`expected "OK <port>" after CONNECT, got "${printable(line.subarray(0, nl))}" (is a guest listening on port ${port}?)`, 'ECONNREFUSED');
-      cleanup();
-      // Bytes after the reply line already belong to the stream.
-      if (line.length > nl + 1) socket.unshift(line.subarray(nl + 1));
-      resolve(socket);
     };
     const onEnd = () => fail('the VMM closed the socket during the CONNECT handshake (no guest listener on that port, or the VM is gone)', 'ECONNRESET');
     const onError = (err: NodeJS.ErrnoException) => fail(`socket error during handshake: ${err.code ?? err.message}`, err.code ?? 'EIO');
     const cleanup = () => {
       clearTimeout(timer);
-      socket.off('data', onData);
+      socket.off('readable', onReadable);
       socket.off('end', onEnd);
       socket.off('close', onEnd);
       socket.off('error', onError);
     };
-    socket.on('data', onData);
+    socket.on('readable', onReadable);
     socket.on('end', onEnd);
     socket.on('close', onEnd);
     socket.on('error', onError);

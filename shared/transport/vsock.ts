@@ -1,5 +1,6 @@
 // vsock transport: AF_VSOCK connections as Duplex streams (`vsock://CID:PORT`, `vsock://any:PORT`).
 // On the host, the peer CID of an accepted connection identifies the VM; the guest cannot forge it.
+import { closeSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
 import {
   UvStreamDuplex,
@@ -21,9 +22,10 @@ export interface VsockServer {
 }
 
 /**
- * Listens on `cid` (default any; 'any' or VMADDR_CID_ANY) and `port`. Every accepted connection is handed over as a Duplex
- * with the kernel-given peer address. Accept errors (e.g. EMFILE) go to `onError`, default a
- * process warning; the server keeps listening.
+ * Listens on `cid` (default any: 'any' or VMADDR_CID_ANY) and `port` (VMADDR_PORT_ANY: the kernel
+ * picks). Every accepted connection is handed over as a Duplex with the kernel-given peer
+ * address. Accept errors (e.g. EMFILE) go to `onError`, by default a process warning; the server
+ * keeps listening.
  */
 export async function listenVsock(
   port: number,
@@ -34,8 +36,14 @@ export async function listenVsock(
   let closed: Promise<void> | undefined;
   const bindCid = cid === 'any' ? VMADDR_CID_ANY : cid;
   const listener = vsockListen({ cid: bindCid, port }, (err, fd, peer) => {
-    if (err) onError(err);
-    else onConnection(new UvStreamDuplex(fd!), peer!);
+    if (err) return onError(err);
+    let stream: Duplex;
+    try {
+      stream = adopt(fd!);
+    } catch (e) {
+      return onError(e as Error);
+    }
+    onConnection(stream, peer!);
   });
   return {
     port: listener.port,
@@ -50,5 +58,15 @@ export async function connectVsock(
   opts: VsockConnectOptions = {},
 ): Promise<{ stream: Duplex; peer: VsockAddress }> {
   const { fd } = await vsockConnect(cid, port, opts);
-  return { stream: new UvStreamDuplex(fd), peer: { cid, port } };
+  return { stream: adopt(fd), peer: { cid, port } };
+}
+
+/** Wraps a connected fd; if that fails the fd is closed, not leaked. */
+function adopt(fd: number): Duplex {
+  try {
+    return new UvStreamDuplex(fd);
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
 }
