@@ -101,9 +101,10 @@ test('keepalive closes a session whose peer stops answering', async (t) => {
 test('keepalive keeps an idle but healthy session open', async (t) => {
   const [a, b, cleanup] = await unixSocketPair();
   t.teardown(cleanup);
-  const s1 = new Session(a, { logger: silentLogger(), keepaliveMs: 30 });
-  const s2 = new Session(b, { logger: silentLogger(), keepaliveMs: 30 });
-  await sleep(400);
+  // Pings every 200 ms; a session would close after 600 ms without traffic. Idle for 1.5 s.
+  const s1 = new Session(a, { logger: silentLogger(), keepaliveMs: 200 });
+  const s2 = new Session(b, { logger: silentLogger(), keepaliveMs: 200 });
+  await sleep(1500);
   t.false(s1.closed);
   t.false(s2.closed);
   s1.close();
