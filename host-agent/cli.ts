@@ -2,6 +2,7 @@
 import { createLogger } from '../shared/log.js';
 import { parse, runMain, UsageError } from '../shared/cli.js';
 import { serveDirectory } from './serve.js';
+import { parseIdPairs, type IdMapConfig } from './idmap.js';
 import { startHostDaemon } from './daemon.js';
 import { DEFAULT_CONFIG_PATH } from './config.js';
 
@@ -25,6 +26,9 @@ Options:
   --listen URI     where guests connect (repeatable)
   --token T        secret the guest must present (required on unix:// and tcp://)
   --read-only      refuse every change (EROFS)
+  --squash MODE    none (default), root (guest root becomes the anonymous user) or all
+  --anon-uid N     anonymous uid for squashing (default 65534); --anon-gid N likewise
+  --uid-map G:H    map guest uid G to host uid H (repeatable); --gid-map G:H likewise
 
 Logs are JSON lines on stdout; set DIRVISOR_LOG_LEVEL=debug for more.
 Example:
@@ -52,6 +56,11 @@ async function serve(argv: string[]): Promise<void> {
       listen: { type: 'string', multiple: true },
       token: { type: 'string' },
       'read-only': { type: 'boolean' },
+      squash: { type: 'string' },
+      'anon-uid': { type: 'string' },
+      'anon-gid': { type: 'string' },
+      'uid-map': { type: 'string', multiple: true },
+      'gid-map': { type: 'string', multiple: true },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -61,8 +70,21 @@ async function serve(argv: string[]): Promise<void> {
   }
   if (positionals.length !== 1) throw new UsageError(`serve takes exactly one directory\nRun "${PROGRAM} --help" for usage.`);
   if (!values.listen?.length) throw new UsageError(`serve needs --listen URI (e.g. --listen unix:///run/dirvisor.sock)\nRun "${PROGRAM} --help" for usage.`);
+  const squash = values.squash ?? 'none';
+  if (squash !== 'none' && squash !== 'root' && squash !== 'all') throw new UsageError(`--squash must be none, root or all, got "${squash}"`);
+  const id = (v: string | undefined, flag: string) => {
+    if (v === undefined) return 65534;
+    if (!/^\d+$/.test(v)) throw new UsageError(`${flag} must be a numeric id, got "${v}"`);
+    return Number(v);
+  };
+  let idmap: IdMapConfig | undefined;
+  try {
+    idmap = { squash, anonUid: id(values['anon-uid'], '--anon-uid'), anonGid: id(values['anon-gid'], '--anon-gid'), uidMap: parseIdPairs(values['uid-map'] ?? [], '--uid-map'), gidMap: parseIdPairs(values['gid-map'] ?? [], '--gid-map') };
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
   const logger = createLogger(PROGRAM);
-  const server = await serveDirectory({ dir: positionals[0], listen: values.listen, token: values.token, readOnly: values['read-only'], logger });
+  const server = await serveDirectory({ dir: positionals[0], listen: values.listen, token: values.token, readOnly: values['read-only'], idmap, logger });
   const stop = (signal: string) => {
     logger.info({ signal }, 'stopping');
     server.close().finally(() => process.exit(0));

@@ -9,6 +9,7 @@ import { VmsDirWatcher } from './vms/watch.js';
 import { HostServer } from './server.js';
 import { listenControl } from './control/server.js';
 import { PosixBackend } from './backend/posix.js';
+import { IdMap, withIdMap } from './idmap.js';
 import { sdNotify, startWatchdog } from '../native/systemd.js';
 
 export interface HostDaemon {
@@ -28,8 +29,17 @@ export async function startHostDaemon(configFile: string, logger: Logger, opts: 
     logger: logger.child({ component: 'vms' }),
     defaultCache: config.defaults.cache,
     resolve: (share) => storage.resolve(share.dir, { create: share.create, owner: share.owner, mode: share.mode }),
-    openExport: (hostPath, share) =>
-      PosixBackend.create(hostPath, { readOnly: share.readOnly || config.defaults.readOnly, logger, maxHandles: config.limits.maxHandles }),
+    openExport: async (hostPath, share) => {
+      const backend = await PosixBackend.create(hostPath, { readOnly: share.readOnly || config.defaults.readOnly, logger, maxHandles: config.limits.maxHandles });
+      const d = config.defaults;
+      return withIdMap(backend, new IdMap({
+        squash: share.squash ?? d.squash,
+        anonUid: share.anonUid ?? d.anonUid,
+        anonGid: share.anonGid ?? d.anonGid,
+        uidMap: share.uidMap,
+        gidMap: share.gidMap,
+      }));
+    },
   });
   await registry.load();
   const server = new HostServer(registry, logger, { maxInFlight: config.limits.maxInFlight });

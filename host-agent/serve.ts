@@ -9,12 +9,15 @@ import { tokenMatches } from '../shared/rpc/hello.js';
 import type { Logger } from '../shared/log.js';
 import { HostServer, type Authorizer, type ExportDef } from './server.js';
 import { PosixBackend } from './backend/posix.js';
+import { IdMap, withIdMap, type IdMapConfig } from './idmap.js';
 
 export interface ServeOptions {
   dir: string;
   listen: string[];
   token?: string;
   readOnly?: boolean;
+  /** Identity mapping for the one export (default: none). */
+  idmap?: IdMapConfig;
   logger: Logger;
 }
 
@@ -35,7 +38,10 @@ export async function serveDirectory(opts: ServeOptions): Promise<HostServer> {
     readOnly: !!opts.readOnly,
     cacheMode: 'long',
     mountOptions: [],
-    open: () => PosixBackend.create(dir, { readOnly: !!opts.readOnly, logger: opts.logger }),
+    open: async () => {
+      const backend = await PosixBackend.create(dir, { readOnly: !!opts.readOnly, logger: opts.logger });
+      return opts.idmap ? withIdMap(backend, new IdMap(opts.idmap)) : backend;
+    },
   };
   const authorizer: Authorizer = {
     identify(peer, token) {

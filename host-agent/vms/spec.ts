@@ -26,6 +26,13 @@ export interface ShareSpec {
   owner?: { uid: number; gid: number };
   mode?: number;
   cache?: CacheMode;
+  /** Identity mapping (host.yaml defaults apply where absent). */
+  squash?: 'none' | 'root' | 'all';
+  anonUid?: number;
+  anonGid?: number;
+  /** GUEST:HOST id pairs. */
+  uidMap?: Array<[number, number]>;
+  gidMap?: Array<[number, number]>;
 }
 
 export interface VmSpec {
@@ -111,6 +118,26 @@ export function parseShare(raw: unknown, where: string): ShareSpec {
   if (r.cache !== undefined) {
     if (r.cache !== 'long' && r.cache !== 'auto' && r.cache !== 'none') throw new SpecError(`${where}.cache`, `must be long, auto or none, got ${JSON.stringify(r.cache)}`);
     share.cache = r.cache;
+  }
+  if (r.squash !== undefined) {
+    if (r.squash !== 'none' && r.squash !== 'root' && r.squash !== 'all') throw new SpecError(`${where}.squash`, `must be none, root or all, got ${JSON.stringify(r.squash)}`);
+    share.squash = r.squash;
+  }
+  for (const [key, field] of [['anon_uid', 'anonUid'], ['anon_gid', 'anonGid']] as const) {
+    const v = r[key];
+    if (v === undefined) continue;
+    if (!Number.isInteger(v) || (v as number) < 0 || (v as number) > 0xfffffffe) throw new SpecError(`${where}.${key}`, `must be a numeric id, got ${JSON.stringify(v)}`);
+    share[field] = v as number;
+  }
+  for (const [key, field] of [['uid_map', 'uidMap'], ['gid_map', 'gidMap']] as const) {
+    const v = r[key];
+    if (v === undefined) continue;
+    if (!Array.isArray(v)) throw new SpecError(`${where}.${key}`, 'must be a list of "GUEST:HOST" pairs');
+    share[field] = v.map((pair) => {
+      const m = /^(\d+):(\d+)$/.exec(String(pair));
+      if (!m) throw new SpecError(`${where}.${key}`, `"${pair}" is not GUEST:HOST (two numeric ids)`);
+      return [Number(m[1]), Number(m[2])] as [number, number];
+    });
   }
   return share;
 }
