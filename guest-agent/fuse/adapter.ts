@@ -163,6 +163,7 @@ class FuseMount implements Mount {
   }
 
   private onRequest(req: FuseRequest): void {
+    if (process.env.DVTRACE) process.stderr.write(`REQ ${this.mountpoint} ${req.op} ${req.id}\n`);
     if (req.op === 'forget') {
       if (this.exited) return;
       try {

@@ -1,0 +1,466 @@
+// libfuse low-level callbacks (loop thread) and the loop / notification thread bodies.
+// Every callback copies what it needs out of libfuse's buffer (it is reused for the next request)
+// and posts a Request to the JS thread; it never waits for JavaScript.
+#include "fuse_internal.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace dvfuse {
+
+const char* const kOpNames[] = {
+#define X(id, name) name,
+    DVFUSE_OPS(X)
+#undef X
+};
+
+namespace {
+
+Core* CoreOf(fuse_req_t req) { return static_cast<Core*>(fuse_req_userdata(req)); }
+
+// Our threads must not take Node's signals (SIGINT, SIGTERM, SIGCHLD...): the JS thread handles them.
+void BlockSignals() {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, nullptr);
+}
+
+// Ops whose outcome depends on who asks; the others act on an open handle or need no permission.
+// Reading the groups costs a /proc read, so it is not done for read/write.
+bool NeedsGroups(Op op) {
+  switch (op) {
+    case Op::LOOKUP: case Op::SETATTR: case Op::READLINK: case Op::MKNOD: case Op::MKDIR:
+    case Op::UNLINK: case Op::RMDIR: case Op::SYMLINK: case Op::RENAME: case Op::LINK:
+    case Op::OPEN: case Op::OPENDIR: case Op::CREATE: case Op::SETXATTR: case Op::GETXATTR:
+    case Op::LISTXATTR: case Op::REMOVEXATTR: case Op::ACCESS:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void Capture(fuse_req_t req, Request& r) {
+  r.req = req;
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  r.uid = ctx->uid;
+  r.gid = ctx->gid;
+  r.pid = ctx->pid;
+  r.umask = ctx->umask;
+  if (!CoreOf(req)->cfg.groups || !NeedsGroups(r.op) || ctx->pid <= 0) return;
+  gid_t buf[64];
+  int n = fuse_req_getgroups(req, 64, buf);
+  if (n > 64) {  // rare: retry with the size it asked for
+    r.groups.resize(n);
+    int m = fuse_req_getgroups(req, n, r.groups.data());
+    if (m < 0) return;
+    r.groups.resize(std::min(m, n));
+    r.hasGroups = true;
+  } else if (n >= 0) {
+    r.groups.assign(buf, buf + n);
+    r.hasGroups = true;
+  }
+}
+
+// Builds a Request (fill sets the op's arguments) and posts it; ENOMEM if allocation fails.
+template <class F>
+void Dispatch(fuse_req_t req, Op op, F fill) {
+  Request* r;
+  try {
+    std::unique_ptr<Request> p(new Request(op));
+    Capture(req, *p);
+    fill(*p);
+    r = p.release();
+  } catch (...) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  CoreOf(req)->Post(r);
+}
+
+void SetFh(Request& r, const fuse_file_info* fi) {
+  if (!fi) return;
+  r.hasFh = true;
+  r.fh = fi->fh;
+}
+
+void CopyData(Request& r, const char* p, size_t n) {
+  if (n == 0) return;
+  r.data = static_cast<char*>(malloc(n));
+  if (!r.data) throw std::bad_alloc();
+  memcpy(r.data, p, n);
+  r.dataLen = n;
+}
+
+void ll_init(void* userdata, fuse_conn_info* conn) {
+  const SessionConfig& cfg = static_cast<Core*>(userdata)->cfg;
+  conn->max_write = std::min<uint32_t>(cfg.maxWrite, 1u << 20);  // libfuse also caps it to its buffer
+  if (cfg.maxReadahead) conn->max_readahead = cfg.maxReadahead;
+  if (cfg.maxBackground) {
+    conn->max_background = cfg.maxBackground;
+    conn->congestion_threshold = cfg.maxBackground * 3 / 4;
+  }
+  if (cfg.writeback && (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
+    conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+  else
+    conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  // Node ids are not stable across agent restarts (no NFS export); no splice (we copy anyway).
+  conn->want &= ~(FUSE_CAP_EXPORT_SUPPORT | FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
+                  FUSE_CAP_SPLICE_MOVE);
+  conn->time_gran = 1;
+}
+
+void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Dispatch(req, Op::LOOKUP, [&](Request& r) { r.ino = parent; r.name = name; });
+}
+
+// Forgets need no answer from the file system: answer now, tell JS afterwards.
+void PostForgets(fuse_req_t req, const fuse_forget_data* items, size_t count) {
+  Core* core = CoreOf(req);
+  fuse_reply_none(req);
+  try {
+    auto* r = new Request(Op::FORGET);
+    r->forgets.assign(items, items + count);
+    core->Post(r);
+  } catch (...) {
+    // Out of memory: the file system keeps a few extra references; harmless.
+  }
+}
+
+void ll_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  fuse_forget_data one{ino, nlookup};
+  PostForgets(req, &one, 1);
+}
+
+void ll_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  PostForgets(req, forgets, count);
+}
+
+void ll_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Dispatch(req, Op::GETATTR, [&](Request& r) { r.ino = ino; SetFh(r, fi); });
+}
+
+void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
+  Dispatch(req, Op::SETATTR, [&](Request& r) {
+    r.ino = ino;
+    r.st = *attr;
+    r.mask = to_set;
+    SetFh(r, fi);
+  });
+}
+
+void ll_readlink(fuse_req_t req, fuse_ino_t ino) {
+  Dispatch(req, Op::READLINK, [&](Request& r) { r.ino = ino; });
+}
+
+void ll_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+  Dispatch(req, Op::MKNOD, [&](Request& r) {
+    r.ino = parent;
+    r.name = name;
+    r.mode = mode;
+    r.rdev = rdev;
+  });
+}
+
+void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  Dispatch(req, Op::MKDIR, [&](Request& r) { r.ino = parent; r.name = name; r.mode = mode; });
+}
+
+void ll_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Dispatch(req, Op::UNLINK, [&](Request& r) { r.ino = parent; r.name = name; });
+}
+
+void ll_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Dispatch(req, Op::RMDIR, [&](Request& r) { r.ino = parent; r.name = name; });
+}
+
+void ll_symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+  Dispatch(req, Op::SYMLINK, [&](Request& r) { r.ino = parent; r.name = name; r.name2 = link; });
+}
+
+void ll_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+               const char* newname, unsigned int flags) {
+  Dispatch(req, Op::RENAME, [&](Request& r) {
+    r.ino = parent;
+    r.name = name;
+    r.ino2 = newparent;
+    r.name2 = newname;
+    r.flags = static_cast<int32_t>(flags);
+  });
+}
+
+void ll_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+  Dispatch(req, Op::LINK, [&](Request& r) { r.ino = ino; r.ino2 = newparent; r.name = newname; });
+}
+
+void ll_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Dispatch(req, Op::OPEN, [&](Request& r) { r.ino = ino; r.flags = fi->flags; });
+}
+
+void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  Dispatch(req, Op::READ, [&](Request& r) {
+    r.ino = ino;
+    r.size = size;
+    r.off = off;
+    SetFh(r, fi);
+  });
+}
+
+void ll_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
+              fuse_file_info* fi) {
+  Dispatch(req, Op::WRITE, [&](Request& r) {
+    r.ino = ino;
+    r.off = off;
+    SetFh(r, fi);
+    r.writepage = fi->writepage;
+    CopyData(r, buf, size);
+  });
+}
+
+void ll_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Dispatch(req, Op::FLUSH, [&](Request& r) { r.ino = ino; SetFh(r, fi); });
+}
+
+void ll_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Dispatch(req, Op::RELEASE, [&](Request& r) { r.ino = ino; r.flags = fi->flags; SetFh(r, fi); });
+}
+
+void ll_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  Dispatch(req, Op::FSYNC, [&](Request& r) { r.ino = ino; r.datasync = datasync; SetFh(r, fi); });
+}
+
+void ll_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Dispatch(req, Op::OPENDIR, [&](Request& r) { r.ino = ino; r.flags = fi->flags; });
+}
+
+void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  Dispatch(req, Op::READDIR, [&](Request& r) { r.ino = ino; r.size = size; r.off = off; SetFh(r, fi); });
+}
+
+void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  Dispatch(req, Op::READDIRPLUS, [&](Request& r) {
+    r.ino = ino;
+    r.size = size;
+    r.off = off;
+    SetFh(r, fi);
+  });
+}
+
+void ll_releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Dispatch(req, Op::RELEASEDIR, [&](Request& r) { r.ino = ino; SetFh(r, fi); });
+}
+
+void ll_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  Dispatch(req, Op::FSYNCDIR, [&](Request& r) { r.ino = ino; r.datasync = datasync; SetFh(r, fi); });
+}
+
+void ll_statfs(fuse_req_t req, fuse_ino_t ino) {
+  Dispatch(req, Op::STATFS, [&](Request& r) { r.ino = ino; });
+}
+
+void ll_setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                 int flags) {
+  Dispatch(req, Op::SETXATTR, [&](Request& r) {
+    r.ino = ino;
+    r.name = name;
+    r.flags = flags;
+    CopyData(r, value, size);
+  });
+}
+
+void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  Dispatch(req, Op::GETXATTR, [&](Request& r) { r.ino = ino; r.name = name; r.size = size; });
+}
+
+void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  Dispatch(req, Op::LISTXATTR, [&](Request& r) { r.ino = ino; r.size = size; });
+}
+
+void ll_removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  Dispatch(req, Op::REMOVEXATTR, [&](Request& r) { r.ino = ino; r.name = name; });
+}
+
+void ll_access(fuse_req_t req, fuse_ino_t ino, int mask) {
+  Dispatch(req, Op::ACCESS, [&](Request& r) { r.ino = ino; r.mask = mask; });
+}
+
+void ll_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+  Dispatch(req, Op::CREATE, [&](Request& r) {
+    r.ino = parent;
+    r.name = name;
+    r.mode = mode;
+    r.flags = fi->flags;
+  });
+}
+
+void ll_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                  fuse_file_info* fi) {
+  Dispatch(req, Op::FALLOCATE, [&](Request& r) {
+    r.ino = ino;
+    r.mask = mode;
+    r.off = offset;
+    r.size = static_cast<uint64_t>(length);
+    SetFh(r, fi);
+  });
+}
+
+void ll_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_file_info* fi_in,
+                        fuse_ino_t ino_out, off_t off_out, fuse_file_info* fi_out, size_t len,
+                        int flags) {
+  Dispatch(req, Op::COPY_FILE_RANGE, [&](Request& r) {
+    r.ino = ino_in;
+    r.off = off_in;
+    SetFh(r, fi_in);
+    r.ino2 = ino_out;
+    r.off2 = off_out;
+    if (fi_out) {
+      r.hasFh2 = true;
+      r.fh2 = fi_out->fh;
+    }
+    r.size = len;
+    r.flags = flags;
+  });
+}
+
+void ll_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
+  Dispatch(req, Op::LSEEK, [&](Request& r) { r.ino = ino; r.off = off; r.mask = whence; SetFh(r, fi); });
+}
+
+fuse_lowlevel_ops MakeOps() {
+  fuse_lowlevel_ops ops;
+  memset(&ops, 0, sizeof ops);
+  ops.init = ll_init;
+  ops.lookup = ll_lookup;
+  ops.forget = ll_forget;
+  ops.forget_multi = ll_forget_multi;
+  ops.getattr = ll_getattr;
+  ops.setattr = ll_setattr;
+  ops.readlink = ll_readlink;
+  ops.mknod = ll_mknod;
+  ops.mkdir = ll_mkdir;
+  ops.unlink = ll_unlink;
+  ops.rmdir = ll_rmdir;
+  ops.symlink = ll_symlink;
+  ops.rename = ll_rename;
+  ops.link = ll_link;
+  ops.open = ll_open;
+  ops.read = ll_read;
+  ops.write = ll_write;
+  ops.flush = ll_flush;
+  ops.release = ll_release;
+  ops.fsync = ll_fsync;
+  ops.opendir = ll_opendir;
+  ops.readdir = ll_readdir;
+  ops.readdirplus = ll_readdirplus;
+  ops.releasedir = ll_releasedir;
+  ops.fsyncdir = ll_fsyncdir;
+  ops.statfs = ll_statfs;
+  ops.setxattr = ll_setxattr;
+  ops.getxattr = ll_getxattr;
+  ops.listxattr = ll_listxattr;
+  ops.removexattr = ll_removexattr;
+  ops.access = ll_access;
+  ops.create = ll_create;
+  ops.fallocate = ll_fallocate;
+  ops.copy_file_range = ll_copy_file_range;
+  ops.lseek = ll_lseek;
+  return ops;
+}
+
+int RunJob(fuse_session* se, NotifyJob& j) {
+  switch (j.kind) {
+    case NotifyJob::INVAL_ENTRY:
+      return fuse_lowlevel_notify_inval_entry(se, j.ino, j.name.data(), j.name.size());
+    case NotifyJob::EXPIRE_ENTRY:
+      return fuse_lowlevel_notify_expire_entry(se, j.ino, j.name.data(), j.name.size(), FUSE_LL_EXPIRE_ONLY);
+    case NotifyJob::INVAL_INODE:
+      return fuse_lowlevel_notify_inval_inode(se, j.ino, j.off, j.len);
+    case NotifyJob::DELETE:
+      return fuse_lowlevel_notify_delete(se, j.ino, j.child, j.name.data(), j.name.size());
+    case NotifyJob::STORE: {
+      fuse_bufvec bv = FUSE_BUFVEC_INIT(j.data.size());
+      bv.buf[0].mem = j.data.data();
+      return fuse_lowlevel_notify_store(se, j.ino, j.off, &bv, static_cast<fuse_buf_copy_flags>(0));
+    }
+  }
+  return -EINVAL;
+}
+
+}  // namespace
+
+const fuse_lowlevel_ops* LowlevelOps() {
+  static const fuse_lowlevel_ops ops = MakeOps();
+  return &ops;
+}
+
+void Core::Run() {
+  int err = 0;
+  struct stat st;
+  if (stat(mountpoint.c_str(), &st) != 0)
+    err = errno;
+  else if (!S_ISDIR(st.st_mode))
+    err = ENOTDIR;
+  else if (fuse_session_mount(se, mountpoint.c_str()) != 0)  // details go to stderr
+    err = EIO;
+  // Signals are blocked only after mounting: fusermount3 (forked above) inherits our mask.
+  BlockSignals();
+  const bool mounted = err == 0;
+  if (mounted) {
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      notifyOpen = true;
+    }
+    notifier = std::thread(&Core::NotifyLoop, this);
+  }
+  Post(new MountedEvent(err));
+  if (mounted) {
+    // Ends when the kernel aborts the connection: unmounted (by us, fusermount3 -u, umount).
+    fuse_session_loop(se);
+    StopNotifier();
+  }
+  Post(new ExitEvent(mounted));
+}
+
+bool Core::PushJob(std::unique_ptr<NotifyJob>& job) {
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    if (!notifyOpen) return false;
+    jobs.push_back(std::move(job));
+  }
+  cv.notify_one();
+  return true;
+}
+
+void Core::NotifyLoop() {
+  BlockSignals();
+  for (;;) {
+    std::unique_ptr<NotifyJob> job;
+    bool open;
+    {
+      std::unique_lock<std::mutex> lk(mu);
+      cv.wait(lk, [&] { return !jobs.empty() || !notifyOpen; });
+      if (jobs.empty()) return;
+      job = std::move(jobs.front());
+      jobs.pop_front();
+      open = notifyOpen;
+    }
+    // Once the loop has ended the connection is gone: fail what is left without touching it.
+    int res = open ? RunJob(se, *job) : -ENOTCONN;
+    Post(new ResultEvent(job->deferred, res < 0 ? -res : 0));
+  }
+}
+
+void Core::StopNotifier() {
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    notifyOpen = false;
+  }
+  cv.notify_all();
+  if (notifier.joinable()) notifier.join();
+}
+
+}  // namespace dvfuse
