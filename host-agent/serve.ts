@@ -36,7 +36,7 @@ export async function serveDirectory(opts: ServeOptions): Promise<HostServer> {
     name: 'default',
     target: '',
     readOnly: !!opts.readOnly,
-    cacheMode: 'long',
+    cacheMode: 'auto',
     mountOptions: [],
     open: async () => {
       const backend = await PosixBackend.create(dir, { readOnly: !!opts.readOnly, logger: opts.logger });

@@ -3,8 +3,9 @@
 // Never call synchronous fs functions on a mount here: this process's JS thread serves it.
 import anyTest, { type ExecutionContext, type TestFn } from 'ava';
 
-// TEMPORARY: serial while a concurrency hang is investigated.
-const test = (process.env.DVCONC ? anyTest : anyTest.serial) as unknown as TestFn;
+// Serial: this process both serves these mounts and uses them through libuv's small thread pool;
+// many mounts at once starve that pool. The data-path tests use separate processes instead.
+const test = anyTest.serial as unknown as TestFn;
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';

@@ -355,7 +355,9 @@ class FuseMount implements Mount {
   }
 
   private openReply(res: OpenResult): { fh: number; keepCache: boolean; directIo: boolean } {
-    return { fh: res.fh, keepCache: res.keepCache ?? this.t.keepCache, directIo: res.directIo ?? this.t.directIo };
+    // The mount's cache mode decides whether pages survive a reopen; a backend can only ask for
+    // less caching (direct I/O), never more.
+    return { fh: res.fh, keepCache: this.t.keepCache && !res.directIo, directIo: this.t.directIo || !!res.directIo };
   }
 
   // With the writeback cache the kernel reads pages of write-only files and does O_APPEND itself.
