@@ -28,6 +28,12 @@ export class GuestDaemon {
   constructor(private readonly config: GuestConfig, private readonly log: Logger, linkOptions: { allowHostCid?: boolean } = {}) {
     this.link = new HostLink({ uri: config.host, token: config.token, logger: log, allowHostCid: linkOptions.allowHostCid, retryMaxMs: 2000 });
     this.link.on('connected', () => this.schedule());
+    // Refused on reconnecting: the VM was deleted or its identity changed. Its exports are gone.
+    this.link.on('refused', (reason: string) => {
+      if (this.active.size === 0) return;
+      this.log.warn({ reason }, 'the host agent no longer accepts this VM; unmounting its exports');
+      this.reconciling = this.reconciling.then(() => this.reconcile([]));
+    });
     this.link.on('event', (frame: { kind: string }) => {
       if (frame.kind === 'exportsChanged') this.schedule();
     });

@@ -165,6 +165,8 @@ export class HostLink extends EventEmitter {
           await this.attempt();
         } catch (err) {
           attempts++;
+          // The host answered and said no: this VM is not (or no longer) defined there.
+          if (err instanceof FsError && err.errno === E.EACCES) this.emit('refused', err.message);
           // Log the first failure and then every tenth, so a long outage does not flood the journal.
           if (attempts === 1 || attempts % 10 === 0) {
             this.opts.logger.warn({ uri: this.opts.uri, attempts, error: (err as Error).message, retryInMs: delay }, 'cannot reach the host agent yet');

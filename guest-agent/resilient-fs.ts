@@ -96,9 +96,9 @@ export class ResilientFileSystem implements FileSystem {
       const m = await this.hostLink.mountExport(this.exportName, session);
       if (this.hostLink.epoch !== epoch) return;
       this.exportId = m.exportId;
+      if (this.exportEpoch > 0) this.log.info({ epoch }, 'export mounted again after reconnecting');
       this.exportEpoch = epoch;
       this.byHost = new Map();
-      if (epoch > 1) this.log.info({ export: this.exportName, epoch }, 'export mounted again after reconnecting');
     } catch (err) {
       if (err instanceof FsError && err.errno === E.ENOENT) {
         throw new FsError(E.ESTALE, `export ${this.exportName} is no longer offered to this VM`);

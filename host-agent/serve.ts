@@ -48,7 +48,7 @@ export async function serveDirectory(opts: ServeOptions): Promise<HostServer> {
       if (opts.token ? !tokenMatches(token, opts.token) : needsToken(peer)) {
         throw new FsError(E.EACCES, token ? 'wrong token' : 'a token is required on this transport');
       }
-      return { vmName: 'default', exports: () => [def] };
+      return { vmName: 'default', generation: 1, exports: () => [def] };
     },
   };
   const server = new HostServer(authorizer, opts.logger);

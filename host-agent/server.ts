@@ -28,6 +28,12 @@ export interface ExportDef {
 
 export interface VmView {
   vmName: string;
+  /**
+   * Changes when the VM is deleted and defined again, or its identity changes: a connection
+   * identified under one generation must not act for the next (it is dropped and must say Hello
+   * again).
+   */
+  generation: number;
   exports(): ExportDef[];
 }
 
@@ -45,6 +51,9 @@ export interface Connection {
   id: number;
   peer: PeerIdentity;
   vmName?: string;
+  view?: VmView;
+  /** The token given in Hello, to check the connection again when VM definitions change. */
+  token: string;
   session: Session;
   mounts: Map<number, Mounted>;
   connectedAt: Date;
@@ -79,7 +88,7 @@ export class HostServer {
   exportsChanged(vmName: string, current: ExportDef[]): void {
     const names = new Set(current.map((e) => e.name));
     for (const c of this.connections) {
-      if (c.vmName !== vmName) continue;
+      if (c.vmName !== vmName || !this.stillIdentified(c)) continue;
       for (const [id, m] of c.mounts) {
         if (names.has(m.def.name)) continue;
         c.mounts.delete(id);
@@ -88,6 +97,24 @@ export class HostServer {
       }
       c.session.notify({ exportsChanged: {} });
     }
+  }
+
+  /**
+   * Checks a connection's identity again (after VM definitions changed). A connection whose VM was
+   * deleted, recreated or given another identity is closed: it may not act for what replaced it.
+   */
+  private stillIdentified(c: Connection): boolean {
+    if (!c.view) return false;
+    let now: VmView | null = null;
+    try {
+      now = this.authorizer.identify(c.peer, c.token);
+    } catch {
+      now = null;
+    }
+    if (now && now.vmName === c.view.vmName && now.generation === c.view.generation) return true;
+    this.log.warn({ conn: c.id, vm: c.vmName, peer: describePeer(c.peer) }, 'VM deleted or its identity changed; closing its connection');
+    c.session.close('this VM was deleted or its identity changed');
+    return false;
   }
 
   /** Drops every connection at once (tests of transport resets use it too). */
@@ -106,7 +133,7 @@ export class HostServer {
   private accept(stream: Duplex, peer: PeerIdentity): void {
     const id = this.nextConnId++;
     const log = this.log.child({ conn: id, peer: describePeer(peer) });
-    const conn: Connection = { id, peer, mounts: new Map(), connectedAt: new Date(), session: undefined as unknown as Session };
+    const conn: Connection = { id, peer, token: '', mounts: new Map(), connectedAt: new Date(), session: undefined as unknown as Session };
     let view: VmView | null = null;
     let nextExportId = 1;
 
@@ -115,8 +142,16 @@ export class HostServer {
       maxIncoming: this.limits.maxInFlight,
       onRequest: async (req) => {
         if (req.kind === 'hello') {
-          view = this.hello(req.envelope.hello!, peer, log);
+          try {
+            view = this.hello(req.envelope.hello!, peer, log);
+          } catch (err) {
+            // Refused: answer, then hang up, so a peer cannot keep guessing on one connection.
+            setImmediate(() => conn.session.close('refused'));
+            throw err;
+          }
           conn.vmName = view.vmName;
+          conn.view = view;
+          conn.token = req.envelope.hello!.token ?? '';
           return { body: { helloReply: { ...negotiate(req.envelope.hello!), agent: `dirvisor-host/${AGENT_VERSION}`, vmName: view.vmName } } };
         }
         if (!view) throw new FsError(E.EACCES, 'Hello first: the connection is not identified yet');

@@ -27,6 +27,8 @@ export interface ShareState {
 
 export interface VmRecord {
   spec: VmSpec;
+  /** Bumped when the VM is (re)created or its identity changes; see VmView.generation. */
+  generation: number;
   /** Shares attached through the API on top of the definition (kept when vms.d reloads it). */
   attached: ShareSpec[];
   shares: ShareState[];
@@ -42,12 +44,13 @@ export interface RegistryOptions {
 
 interface SavedState {
   version: 1;
-  vms: Array<{ spec: VmSpec; attached: ShareSpec[]; resolutions: Record<string, Resolution> }>;
+  vms: Array<{ spec: VmSpec; attached: ShareSpec[]; resolutions: Record<string, Resolution>; errors?: Record<string, string> }>;
 }
 
 export class VmRegistry extends EventEmitter implements Authorizer {
   private readonly vms = new Map<string, VmRecord>();
   private saving: Promise<void> = Promise.resolve();
+  private nextGeneration = 1;
 
   constructor(private readonly opts: RegistryOptions) {
     super();
@@ -79,11 +82,17 @@ export class VmRegistry extends EventEmitter implements Authorizer {
       return;
     }
     for (const v of saved.vms ?? []) {
-      const record: VmRecord = { spec: v.spec, attached: v.attached ?? [], shares: [] };
-      record.shares = allShares(record).map((share) => ({ share, resolution: v.resolutions?.[share.name] }));
+      const record: VmRecord = { spec: v.spec, generation: this.nextGeneration++, attached: v.attached ?? [], shares: [] };
+      record.shares = allShares(record).map((share) => ({ share, resolution: v.resolutions?.[share.name], error: v.errors?.[share.name] }));
       this.vms.set(v.spec.name, record);
     }
     this.opts.logger.info({ vms: this.vms.size, file: this.opts.stateFile }, 'state restored');
+    // Shares that could not be resolved last time (storage node down, directory missing) get
+    // another chance now.
+    for (const record of this.vms.values()) {
+      if (!record.shares.some((s) => !s.resolution)) continue;
+      record.shares = await Promise.all(record.shares.map((s) => (s.resolution ? s : this.resolveShare(record.spec.name, s.share))));
+    }
   }
 
   /** Creates or replaces a VM definition, resolving its shares. */
@@ -94,7 +103,8 @@ export class VmRegistry extends EventEmitter implements Authorizer {
     }
     this.checkIdentityFree(spec);
     const attached = existing?.attached.filter((a) => !spec.shares.some((s) => s.target === a.target || s.name === a.name)) ?? [];
-    const record: VmRecord = { spec, attached, shares: [] };
+    const sameIdentity = existing && JSON.stringify(existing.spec.identity) === JSON.stringify(spec.identity);
+    const record: VmRecord = { spec, generation: sameIdentity ? existing.generation : this.nextGeneration++, attached, shares: [] };
     record.shares = await Promise.all(allShares(record).map((share) => this.resolveShare(spec.name, share, existing)));
     this.vms.set(spec.name, record);
     this.opts.logger.info({ vm: spec.name, source: spec.source, shares: record.shares.length }, existing ? 'VM redefined' : 'VM defined');
@@ -153,7 +163,7 @@ export class VmRegistry extends EventEmitter implements Authorizer {
     const record = this.findByPeer(peer, token);
     if (!record) throw new FsError(E.EACCES, `no VM is defined for ${describePeer(peer)}${peer.transport === 'unix' || peer.transport === 'tcp' ? ' with that token' : ''}`);
     const name = record.spec.name;
-    return { vmName: name, exports: () => this.exportsOf(name) };
+    return { vmName: name, generation: record.generation, exports: () => this.exportsOf(name) };
   }
 
   private findByPeer(peer: PeerIdentity, token: string): VmRecord | undefined {
@@ -221,6 +231,7 @@ export class VmRegistry extends EventEmitter implements Authorizer {
           spec: r.spec,
           attached: r.attached,
           resolutions: Object.fromEntries(r.shares.filter((s) => s.resolution).map((s) => [s.share.name, s.resolution!])),
+          errors: Object.fromEntries(r.shares.filter((s) => s.error).map((s) => [s.share.name, s.error!])),
         })),
       };
       await fs.mkdir(path.dirname(this.opts.stateFile), { recursive: true, mode: 0o700 });

@@ -1,6 +1,7 @@
 // A VM definition: its name, how a connection proves it is that VM, and its shares (storage
 // directory -> guest target). The same shape comes from vms.d/*.yaml files and from the control API.
 import path from 'node:path';
+import { createHash } from 'node:crypto';
 
 export type CacheMode = 'long' | 'auto' | 'none';
 
@@ -53,7 +54,11 @@ export class SpecError extends Error {
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
 export function defaultExportName(target: string): string {
-  return target.replace(/^\/+|\/+$/g, '').replace(/\/+/g, '-') || 'root';
+  const name = target.replace(/^\/+|\/+$/g, '').replace(/\/+/g, '-').replace(/[^A-Za-z0-9._-]/g, '_') || 'root';
+  if (name.length <= 63) return name;
+  // Long targets: keep the end (the most specific part) and a short hash of the whole.
+  const hash = createHash('sha256').update(target).digest('hex').slice(0, 8);
+  return `${hash}-${name.slice(-(63 - 9))}`.replace(/^([^A-Za-z0-9])/, 'x$1');
 }
 
 export function checkAbsolute(where: string, p: unknown): string {
@@ -152,8 +157,9 @@ export function checkUniqueShares(shares: ShareSpec[], where: string): void {
   const names = new Set<string>();
   const targets = new Set<string>();
   for (const s of shares) {
-    if (names.has(s.name)) throw new SpecError(where, `two shares are named "${s.name}"`);
+    // The target first: it is what the operator wrote; a name is often derived from it.
     if (targets.has(s.target)) throw new SpecError(where, `two shares mount at ${s.target}`);
+    if (names.has(s.name)) throw new SpecError(where, `two shares are named "${s.name}"`);
     names.add(s.name);
     targets.add(s.target);
   }
@@ -165,5 +171,10 @@ export function parseShareArg(arg: string): ShareSpec {
   if (parts.length < 2 || parts.length > 3 || (parts.length === 3 && parts[2] !== 'ro' && parts[2] !== 'rw')) {
     throw new SpecError(`--share ${arg}`, 'expected DIR:TARGET or DIR:TARGET:ro');
   }
-  return parseShare({ dir: parts[0], target: parts[1], read_only: parts[2] === 'ro' }, `--share ${arg}`);
+  const [dir, target] = parts;
+  for (const [label, value] of [['DIR', dir], ['TARGET', target]] as const) {
+    if (!value.startsWith('/')) throw new SpecError(`--share ${arg}`, `${label} must be an absolute path, got "${value}"`);
+  }
+  if (target === '/') throw new SpecError(`--share ${arg}`, 'TARGET cannot be / (the guest root)');
+  return parseShare({ dir, target, read_only: parts[2] === 'ro' }, `--share ${arg}`);
 }
