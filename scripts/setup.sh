@@ -28,9 +28,15 @@ if [ "$node_major" -lt 20 ]; then
   exit 1
 fi
 
+stamp=dist/.build-stamp
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  echo "dirvisor setup: npm ci (builds the native addon)"
+  echo "dirvisor setup: npm ci (builds the native addon and the TypeScript)"
   npm ci --no-audit --no-fund --loglevel=error
-else
+  touch "$stamp"
+elif [ ! -f "$stamp" ] || [ ! -f build/Release/dirvisor_native.node ] \
+  || [ -n "$(find shared host-agent guest-agent native test bench binding.gyp -newer "$stamp" \( -name '*.ts' -o -name '*.cc' -o -name '*.h' -o -name '*.proto' -o -name '*.gyp' \) -print -quit)" ]; then
+  echo "dirvisor setup: building"
+  npx node-gyp build --loglevel=error >/dev/null
   npm run --silent build
+  touch "$stamp"
 fi
