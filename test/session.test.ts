@@ -7,6 +7,16 @@ import { encodeFrame } from '../shared/rpc/framing.js';
 import { unixSocketPair } from './helpers/sockets.js';
 import { capturingLogger } from './helpers/log.js';
 
+/** Polls until `cond` holds or the deadline passes; returns whether it held. */
+async function eventually(cond: () => boolean, timeoutMs = 5000): Promise<boolean> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) return false;
+    await sleep(10);
+  }
+  return true;
+}
+
 type Handler = (req: IncomingRequest) => Promise<Reply> | Reply;
 
 async function pair(handler?: Handler, serverOpts: Partial<ConstructorParameters<typeof Session>[1]> = {}) {
@@ -59,9 +69,8 @@ test('a request past its deadline fails with ETIMEDOUT and the server sees the c
   const err = await t.throwsAsync(client.request({ fsync: { node: 1, fh: 1 } }, { deadlineMs: 100 }), { instanceOf: FsError });
   t.is(err!.errno, E.ETIMEDOUT);
   t.regex(err!.message, /fsync request timed out after 100 ms/);
-  t.true(Date.now() - started < 2000);
-  await sleep(50);
-  t.true(serverSawAbort);
+  t.true(Date.now() - started < 5000);
+  t.true(await eventually(() => serverSawAbort), 'the server saw the cancellation');
   t.is(client.inFlight.outgoing, 0);
 });
 
@@ -141,11 +150,8 @@ test('an unknown message type gets ENOSYS and the session stays up', async (t) =
   a.removeAllListeners('data');
   a.on('data', (d: Buffer) => replies.push(d));
   a.write(Buffer.concat([head, unknown]));
-  await sleep(100);
+  t.true(await eventually(() => Buffer.concat(replies).includes(Buffer.from('unknown request type'))), 'an ENOSYS error reply arrives');
   t.false(server.closed);
-  const all = Buffer.concat(replies);
-  t.true(all.length > 8);
-  t.true(all.includes(Buffer.from('unknown request type')));
 });
 
 test('a peer that does not read applies backpressure: the server stops taking requests, memory stays flat', async (t) => {
