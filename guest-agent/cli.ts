@@ -10,6 +10,7 @@ import { mountRemote } from './mount-command.js';
 import { OPTION_HELP } from './fuse/options.js';
 import { loadGuestConfig, DEFAULT_GUEST_CONFIG } from './config.js';
 import { GuestDaemon } from './daemon.js';
+import { sdNotify } from '../native/systemd.js';
 
 const PROGRAM = 'dirvisor-guest';
 
@@ -56,6 +57,7 @@ async function mount(argv: string[]): Promise<number | void> {
       foreground: { type: 'boolean', short: 'f' },
       'log-file': { type: 'string' },
       'notify-parent': { type: 'boolean' },
+      'allow-host-cid': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -72,7 +74,7 @@ async function mount(argv: string[]): Promise<number | void> {
   const notify = values['notify-parent'] && process.send ? (msg: object) => process.send!(msg) : null;
   let running;
   try {
-    running = await mountRemote({ uri, mountpoint, token: values.token, options, logger });
+    running = await mountRemote({ uri, mountpoint, token: values.token, options, logger, allowHostCid: values['allow-host-cid'] });
   } catch (err) {
     notify?.({ error: (err as Error).message });
     throw err;
@@ -124,12 +126,21 @@ async function run(argv: string[]): Promise<number> {
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
+    sdNotify('STOPPING=1');
     logger.info({ signal }, 'stopping; unmounting');
     daemon.stop().finally(() => process.exit(0));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // Ready once the mounts are up, so services ordered after remote-fs.target find them; but never
+  // hold the boot longer than 20 s for a host agent that does not answer (mounts follow later).
+  const notReadyYet = setTimeout(() => {
+    logger.warn('the host agent has not answered yet; telling systemd we are up, mounts will follow');
+    sdNotify('READY=1');
+  }, 20_000);
   await daemon.start();
+  clearTimeout(notReadyYet);
+  sdNotify('READY=1');
   logger.info({ mounts: daemon.mounts() }, 'ready');
   await new Promise(() => {}); // runs until signalled
   return 0;

@@ -13,6 +13,8 @@ export interface MountCommandOptions {
   token?: string;
   options: string[]; // the -o words
   logger: Logger;
+  /** Allow vsock CIDs 0-2: a real guest reaches its host at CID 2. */
+  allowHostCid?: boolean;
 }
 
 export interface RunningMount {
@@ -27,7 +29,7 @@ export async function mountRemote(opts: MountCommandOptions): Promise<RunningMou
   const { fuse, agent } = parseMountOptions(opts.options);
   const mountpoint = await checkMountpoint(opts.mountpoint);
   const log = opts.logger.child({ mountpoint });
-  const link = new HostLink({ uri: opts.uri, token: opts.token, logger: log });
+  const link = new HostLink({ uri: opts.uri, token: opts.token, logger: log, allowHostCid: opts.allowHostCid });
   const hello = await link.connect();
   log.info({ host: hello.agent, vm: hello.vmName, version: hello.version }, 'connected to host agent');
   let mount: Mount;

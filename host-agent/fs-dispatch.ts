@@ -10,9 +10,15 @@ const EMPTY = Buffer.alloc(0);
 const n = (v: number | null | undefined): number => Number(v ?? 0);
 const b = (v: Uint8Array | null | undefined): Buffer => (v ? Buffer.from(v.buffer, v.byteOffset, v.length) : EMPTY);
 
+/** (uid_t)-1 means "no id" to the kernel; a caller claiming it is malformed. */
+const ID_MAX = 0xfffffffe;
+
 export function callerFromWire(c: pb.Caller.$Properties | null | undefined): Caller {
   const caller: Caller = { uid: c?.uid ?? 0, gid: c?.gid ?? 0, pid: c?.pid ?? 0 };
-  if (c?.groups?.length) caller.groups = c.groups;
+  if (c?.groups?.length) caller.groups = c.groups.slice(0, 64); // NGROUPS for a FUSE caller is small
+  if (caller.uid > ID_MAX || caller.gid > ID_MAX || caller.groups?.some((g) => g > ID_MAX)) {
+    throw new FsError(E.EINVAL, 'caller ids must be below 4294967295');
+  }
   if (c?.umask != null) caller.umask = c.umask;
   return caller;
 }

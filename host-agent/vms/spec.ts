@@ -87,7 +87,9 @@ function parseIdentity(raw: unknown, where: string): VmIdentity {
   const r = raw as Record<string, unknown>;
   const id: VmIdentity = {};
   if (r.cid !== undefined) {
-    if (!Number.isInteger(r.cid) || (r.cid as number) < 3 || (r.cid as number) > 0xfffffffe) throw new SpecError(`${where}.cid`, `must be a guest CID (3 or more), got ${JSON.stringify(r.cid)}`);
+    // 0 and 2 are the hypervisor; 1 is the local CID, which only a VM talking to itself uses (tests).
+    const cid = r.cid as number;
+    if (!Number.isInteger(cid) || cid === 0 || cid === 2 || cid < 0 || cid > 0xfffffffe) throw new SpecError(`${where}.cid`, `must be a guest CID (3 or more; 1 for a VM talking to itself), got ${JSON.stringify(r.cid)}`);
     id.cid = r.cid as number;
   }
   if (r.hvsock !== undefined) id.hvsock = checkAbsolute(`${where}.hvsock`, r.hvsock);

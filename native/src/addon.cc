@@ -5,6 +5,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitUvStream(env, exports);
   InitFuse(env, exports);
   InitSys(env, exports);
+  InitSystemd(env, exports);
   return exports;
 }
 

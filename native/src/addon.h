@@ -10,3 +10,4 @@ void InitVsock(Napi::Env env, Napi::Object exports);
 void InitUvStream(Napi::Env env, Napi::Object exports);
 void InitFuse(Napi::Env env, Napi::Object exports);
 void InitSys(Napi::Env env, Napi::Object exports);
+void InitSystemd(Napi::Env env, Napi::Object exports);
