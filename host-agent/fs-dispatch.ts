@@ -5,8 +5,10 @@ import { FsError, E } from '../shared/fs/errors.js';
 import { entryToWire, attrToWire, dirEntryToWire, setattrFromWire } from '../shared/fs/convert.js';
 import type { IncomingRequest, Reply } from '../shared/rpc/session.js';
 import type { pb } from '../shared/rpc/wire.js';
+import { DEFAULT_MAX_PAYLOAD } from '../shared/rpc/framing.js';
 
 const EMPTY = Buffer.alloc(0);
+const MAX_IO = DEFAULT_MAX_PAYLOAD;
 const n = (v: number | null | undefined): number => Number(v ?? 0);
 const b = (v: Uint8Array | null | undefined): Buffer => (v ? Buffer.from(v.buffer, v.byteOffset, v.length) : EMPTY);
 
@@ -81,6 +83,8 @@ export async function dispatchFsRequest(fs: FileSystem, req: IncomingRequest, ca
     }
     case 'read': {
       const r = m.read!;
+      // A reply carries at most one frame payload: refuse before reading, not after.
+      if (n(r.size) > MAX_IO) throw new FsError(E.EINVAL, `read of ${n(r.size)} bytes exceeds the ${MAX_IO}-byte limit`);
       return { body: { data: {} }, payload: await fs.read(caller, n(r.node), n(r.fh), n(r.offset), n(r.size)) };
     }
     case 'write': {

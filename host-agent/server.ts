@@ -145,8 +145,12 @@ export class HostServer {
           try {
             view = this.hello(req.envelope.hello!, peer, log);
           } catch (err) {
-            // Refused: answer, then hang up, so a peer cannot keep guessing on one connection.
-            setImmediate(() => conn.session.close('refused'));
+            // Refused: answer, then hang up, so a peer cannot keep guessing on one connection (and
+            // cannot keep it open either).
+            setImmediate(() => {
+              conn.session.close('refused');
+              setTimeout(() => stream.destroy(), 500).unref();
+            });
             throw err;
           }
           conn.vmName = view.vmName;
@@ -194,6 +198,11 @@ export class HostServer {
         const def = view.exports().find((e) => e.name === name);
         if (!def) throw new FsError(E.ENOENT, `VM ${view.vmName} has no export named "${name}"`);
         const fs = await def.open();
+        if (conn.session.closed) {
+          // The guest went away while the export was being opened: release it, nobody will.
+          await fs.destroy();
+          throw new FsError(E.ENOTCONN, 'connection closed');
+        }
         const root = await fs.getattr({ uid: 0, gid: 0, pid: 0 }, ROOT_ID);
         const exportId = allocId();
         conn.mounts.set(exportId, { def, fs });

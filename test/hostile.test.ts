@@ -537,7 +537,7 @@ async function holdOpen(t: ExecutionContext, host: HostProcess, n: number, bytes
 // ends nor destroys the stream, and shutdown() also stops the keepalive. A guest that says Goodbye and
 // keeps its socket open holds that connection's fd on the host forever. (The same code on the guest
 // side leaves the socket of a host that said Goodbye open: the guest fuzz counts such sockets.)
-test.serial.failing('BUG Goodbye without closing: the host releases the connections of guests that said Goodbye', async (t) => {
+test.serial('BUG Goodbye without closing: the host releases the connections of guests that said Goodbye', async (t) => {
   const host = await freshHost(t);
   const before = host.fds();
   const hello = frameBytes(encodeEnvelope({ id: 1, hello: { minVersion: 1, maxVersion: 1, token: host.token } })!);
@@ -552,7 +552,7 @@ test.serial.failing('BUG Goodbye without closing: the host releases the connecti
 // and the host ends its side, but it never destroys the socket and the keepalive is stopped: a peer
 // that does not close holds the fd forever. No token is needed for this, so anyone who can reach the
 // socket can use up the host's fds (a silent connection, by contrast, is dropped by the keepalive).
-test.serial.failing('BUG refused Hello: the host releases connections it refused even if the peer keeps them open', async (t) => {
+test.serial('BUG refused Hello: the host releases connections it refused even if the peer keeps them open', async (t) => {
   const host = await freshHost(t);
   const before = host.fds();
   await holdOpen(t, host, 50, frameBytes(encodeEnvelope({ id: 1, hello: { minVersion: 1, maxVersion: 1, token: 'not-the-token' } })!));
@@ -565,7 +565,7 @@ test.serial.failing('BUG refused Hello: the host releases connections it refused
 // closes completes afterwards and puts the new export view into `conn.mounts`, which the close handler
 // has already emptied: that view (its root fd, and whatever else it holds) is never destroyed. A guest
 // that sends mountExport and disconnects at once leaks one fd per connection, until the host is out.
-test.serial.failing('BUG a mountExport in flight when the connection closes leaks nothing', async (t) => {
+test.serial('BUG a mountExport in flight when the connection closes leaks nothing', async (t) => {
   const host = await freshHost(t);
   const before = host.fds();
   for (let i = 0; i < 200; i++) {
@@ -582,7 +582,7 @@ test.serial.failing('BUG a mountExport in flight when the connection closes leak
 // BUG (host-agent/backend/posix.ts asFsError, native creds check): a Caller with uid or gid 4294967295
 // ((uid_t)-1) makes the native call throw a TypeError ("creds: -1 is not an id"), which the backend
 // turns into EIO and logs at level "error" with a stack trace -- one log line per request a guest sends.
-test.serial.failing('BUG caller uid 4294967295 is refused with EINVAL/EPERM, not EIO plus an error log line per request', async (t) => {
+test.serial('BUG caller uid 4294967295 is refused with EINVAL/EPERM, not EIO plus an error log line per request', async (t) => {
   const host = await freshHost(t);
   const c = await mounted(t, host);
   const errorsBefore = host.errorCount;
@@ -596,7 +596,7 @@ test.serial.failing('BUG caller uid 4294967295 is refused with EINVAL/EPERM, not
 // BUG (host-agent/backend/posix.ts maxIoSize vs shared/rpc/framing.ts DEFAULT_MAX_PAYLOAD): the backend
 // allows reads up to 16 MiB but a reply payload may be at most 4 MiB, so a read of 4-16 MiB is performed
 // (allocating up to 16 MiB), then fails to encode: EIO and an error log line instead of EINVAL up front.
-test.serial.failing('BUG a read larger than the frame limit is refused with EINVAL, not performed and answered EIO', async (t) => {
+test.serial('BUG a read larger than the frame limit is refused with EINVAL, not performed and answered EIO', async (t) => {
   const host = await freshHost(t);
   const c = await mounted(t, host);
   const node = Number((await c.call({ lookup: { parent: 1, name: B('sparse') } })).envelope.entry!.entry!.nodeId);

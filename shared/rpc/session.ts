@@ -289,6 +289,7 @@ export class Session extends EventEmitter {
       case 'goodbye':
         this.log.info({ reason: frame.envelope.goodbye!.reason }, 'peer said goodbye');
         this.shutdown(`peer closed the session: ${frame.envelope.goodbye!.reason || 'no reason given'}`);
+        this.stream.destroy(); // nothing more will be said either way; release the connection now
         return;
       default:
         this.opts.onEvent?.(frame);
