@@ -29,9 +29,13 @@ if [ "$node_major" -lt 20 ]; then
 fi
 
 stamp=dist/.build-stamp
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+# Install when the lockfile's content differs from what was installed (not by mtime: a copy of
+# the tree, or a checkout, changes mtimes without changing what is needed).
+lock_sum=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -d node_modules ] || [ "$(cat node_modules/.dirvisor-lock-sum 2>/dev/null)" != "$lock_sum" ]; then
   echo "dirvisor setup: npm ci (builds the native addon and the TypeScript)"
   npm ci --no-audit --no-fund --loglevel=error
+  echo "$lock_sum" > node_modules/.dirvisor-lock-sum
   touch "$stamp"
 elif [ ! -f "$stamp" ] || [ ! -f build/Release/dirvisor_native.node ] \
   || [ -n "$(find shared host-agent guest-agent native test bench binding.gyp -newer "$stamp" \( -name '*.ts' -o -name '*.cc' -o -name '*.h' -o -name '*.proto' -o -name '*.gyp' \) -print -quit)" ]; then
