@@ -476,7 +476,8 @@ test('SIGKILL with auto_unmount: the mount disappears by itself', async (t) => {
   t.true(await mounted(mnt));
   await ok(t, `ls ${mnt}`);
   await killed(child, 'SIGKILL');
-  t.true(await waitFor(async () => !(await mounted(mnt)), 5000), 'still mounted 5 s after SIGKILL');
+  // fusermount3 (auto_unmount) unmounts once it sees the fd closed; on a loaded machine that can take seconds.
+  t.true(await waitFor(async () => !(await mounted(mnt)), 30_000), 'still mounted 30 s after SIGKILL');
   t.is(await errnoOf(fsp.stat(mnt)), 'OK');
 });
 
