@@ -70,6 +70,7 @@ interface SysBinding {
   openat2(dirfd: number, path: PathArg, flags: number, mode: number, resolve: number, creds?: Creds): Promise<number>;
   reopen(fd: number, flags: number, creds?: Creds): Promise<number>;
   lookupat(dirfd: number, name: PathArg, creds?: Creds): Promise<{ fd: number; stat: Stat }>;
+  createat(dirfd: number, name: PathArg, flags: number, mode: number, creds?: Creds): Promise<{ fd: number; pathFd: number; stat: Stat }>;
   close(fd: number): Promise<void>;
   fstatat(dirfd: number, path: PathArg, flags: number, creds?: Creds): Promise<Stat>;
   mkdirat(dirfd: number, path: PathArg, mode: number, creds?: Creds): Promise<void>;
@@ -135,6 +136,9 @@ export const reopen = (fd: number, flags: number, creds?: Creds): Promise<number
 
 /** O_PATH|O_NOFOLLOW open of ONE name under dirfd (openat2 RESOLVE_BENEATH|NO_SYMLINKS when
  *  available) plus its stat, in one trip to the pool. */
+/** Creates `name` (O_CREAT|O_EXCL|O_NOFOLLOW added): the open fd, an O_PATH fd of the same inode, its stat. */
+export const createat = (dirfd: number, name: PathArg, flags: number, mode: number, creds?: Creds): Promise<{ fd: number; pathFd: number; stat: Stat }> =>
+  sys.createat(dirfd, name, flags, mode, creds);
 export const lookupat = (dirfd: number, name: PathArg, creds?: Creds): Promise<{ fd: number; stat: Stat }> =>
   sys.lookupat(dirfd, name, creds);
 

@@ -86,6 +86,14 @@ export function localAddress(fd: number): VsockAddress {
 }
 
 /** Two connected AF_UNIX stream fds (tests of the stream path). */
+/**
+ * Sets a unix/tcp socket's kernel send and receive buffers to `bytes` (0: leaves them) and returns
+ * the sizes in effect (the kernel doubles what it is given, for its bookkeeping).
+ */
+export function setStreamBuffers(fd: number, bytes: number): { send: number; recv: number } {
+  return native.setStreamBuffers(fd, bytes) as { send: number; recv: number };
+}
+
 export function socketpair(): [number, number] {
   return native.socketpair() as [number, number];
 }

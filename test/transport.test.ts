@@ -11,6 +11,8 @@ import { connectHvsock } from '../shared/transport/hvsock.js';
 import { Session } from '../shared/rpc/session.js';
 import { silentLogger } from '../shared/log.js';
 import { tempDir } from './helpers/sockets.js';
+import { setStreamBuffers } from '../native/vsock.js';
+import { SOCKET_BUFFER_BYTES } from '../shared/transport/net.js';
 
 async function echoOverSession(uri: string, t: import('ava').ExecutionContext): Promise<PeerIdentity> {
   let seenPeer: PeerIdentity | undefined;
@@ -37,6 +39,24 @@ test('tcp:// carries a session on an ephemeral port of 127.0.0.1', async (t) => 
   const peer = await echoOverSession('tcp://127.0.0.1:0', t);
   t.is(peer.transport, 'tcp');
 });
+
+for (const uri of ['unix://DIR/buf.sock', 'tcp://127.0.0.1:0']) {
+  test(`${uri.split(':')[0]}:// sockets get ${SOCKET_BUFFER_BYTES >> 20} MiB kernel buffers on both ends (a 1 MiB frame crosses in one go)`, async (t) => {
+    const fdOf = (s: unknown) => (s as { _handle: { fd: number } })._handle.fd;
+    let accepted: number | undefined;
+    const listener = await listen(uri.replace('DIR', tempDir()), (stream) => {
+      accepted = fdOf(stream);
+    });
+    t.teardown(() => listener.close());
+    const { stream } = await connect(listener.uri);
+    t.teardown(() => stream.destroy());
+    while (accepted === undefined) await sleep(5);
+    for (const [side, fd] of [['connecting', fdOf(stream)], ['accepted', accepted]] as const) {
+      const { send, recv } = setStreamBuffers(fd, 0);
+      t.true(send >= SOCKET_BUFFER_BYTES && recv >= SOCKET_BUFFER_BYTES, `${side} socket: send ${send}, recv ${recv} bytes`);
+    }
+  });
+}
 
 test('a unix listener replaces a stale socket file but refuses a live one', async (t) => {
   const dir = tempDir();

@@ -10,6 +10,7 @@ import type { Caller, DirEntry, Entry, FileSystem, OpenResult } from '../../shar
 import { E, FsError, errnoName, toErrno } from '../../shared/fs/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { cacheTimeouts, type MountOptions, type Timeouts } from './options.js';
+import { DEFAULT_READAHEAD_BYTES, setReadahead } from './readahead.js';
 
 const O_ACCMODE = 3; // not among Node's fs constants
 
@@ -107,6 +108,7 @@ class FuseMount implements Mount {
 
   async start(): Promise<void> {
     await this.session.mount();
+    await setReadahead(this.mountpoint, this.opts.maxReadahead ?? DEFAULT_READAHEAD_BYTES, this.log);
   }
 
   async unmount(opts: { lazy?: boolean } = {}): Promise<void> {

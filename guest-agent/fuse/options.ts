@@ -58,8 +58,9 @@ export const OPTION_HELP = `  allow_other            let other users than the mo
   attr_timeout=SEC       how long attributes are cached (overrides cache=)
   negative_timeout=SEC   how long "no such file" is cached (default 0)
   writeback              let the kernel cache writes and send them later (writeback_cache)
-  max_read=N  max_write=N  max_readahead=N  max_background=N
+  max_read=N  max_write=N  max_background=N
                          transfer sizes in bytes (max_write at most 1 MiB) / background requests
+  max_readahead=N        kernel read-ahead window in bytes (default 4 MiB; needs root)
   fsname=NAME            source shown in /proc/mounts and df
   export=NAME            which of the host's exports to mount (default: the first)
   debug                  libfuse request trace on stderr

@@ -286,8 +286,7 @@ export class PosixBackend implements FileSystem {
     const oflags = this.openFlags(flags);
     return this.withNode(parent, async (p) => {
       this.handles.checkRoom();
-      const [fd, pathFd] = await this.createOrOpen(p, name, mode & 0o7777, oflags, (flags & C.O_EXCL) !== 0, creds(caller));
-      return this.finishCreate(fd, pathFd);
+      return this.finishCreate(await this.createOrOpen(p, name, mode & 0o7777, oflags, (flags & C.O_EXCL) !== 0, creds(caller)));
     });
   }
 
@@ -456,48 +455,43 @@ export class PosixBackend implements FileSystem {
   }
 
   /**
-   * [real fd, O_PATH fd] of a file created as `name` under `p` with O_EXCL, or, when the guest did
-   * not ask for O_EXCL, of the regular file already there. O_CREAT is never given a chance to
-   * open an existing FIFO or device (it would block, or open the device on the host).
+   * The real fd, an O_PATH fd and (when it was just created) the stat of a file created as `name`
+   * under `p` with O_EXCL, or, when the guest did not ask for O_EXCL, of the regular file already
+   * there. O_CREAT is never given a chance to open an existing FIFO or device (it would block, or
+   * open the device on the host).
    */
-  private async createOrOpen(p: Node, name: Buffer, mode: number, oflags: number, excl: boolean, cr: Creds): Promise<[number, number]> {
+  private async createOrOpen(p: Node, name: Buffer, mode: number, oflags: number, excl: boolean, cr: Creds): Promise<{ fd: number; pathFd: number; stat?: Stat }> {
     for (let attempt = 0; ; attempt++) {
-      let fd: number;
       try {
-        fd = await sys.openat(p.fd, name, oflags | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, mode, cr);
+        // One trip: create, an O_PATH fd of exactly that inode (not a second lookup), its stat.
+        return await sys.createat(p.fd, name, oflags, mode, cr);
       } catch (err) {
         if (errnoOf(err) !== E.EEXIST || excl) throw err;
-        let found: { fd: number; stat: Stat };
-        try {
-          found = await sys.lookupat(p.fd, name, cr);
-        } catch (e) {
-          // Removed between the two calls: try creating again (a few times at most).
-          if (errnoOf(e) === E.ENOENT && attempt < 3) continue;
-          throw e;
-        }
-        try {
-          const refusal = openRefusal(found.stat.mode & S_IFMT, C.O_WRONLY);
-          if (refusal) throw refusal;
-          return [await sys.reopen(found.fd, oflags, cr), found.fd];
-        } catch (e) {
-          this.closeFd(found.fd);
-          throw e;
-        }
       }
-      // Created: an O_PATH fd of exactly the inode we opened, not a second lookup of the name.
+      let found: { fd: number; stat: Stat };
       try {
-        return [fd, await sys.reopen(fd, C.O_PATH)];
+        found = await sys.lookupat(p.fd, name, cr);
       } catch (e) {
-        this.closeFd(fd);
+        // Removed between the two calls: try creating again (a few times at most).
+        if (errnoOf(e) === E.ENOENT && attempt < 3) continue;
+        throw e;
+      }
+      try {
+        const refusal = openRefusal(found.stat.mode & S_IFMT, C.O_WRONLY);
+        if (refusal) throw refusal;
+        // Its stat is taken again after the open (O_TRUNC changes the size).
+        return { fd: await sys.reopen(found.fd, oflags, cr), pathFd: found.fd };
+      } catch (e) {
+        this.closeFd(found.fd);
         throw e;
       }
     }
   }
 
-  private async finishCreate(fd: number, pathFd: number): Promise<CreateResult> {
+  private async finishCreate({ fd, pathFd, stat }: { fd: number; pathFd: number; stat?: Stat }): Promise<CreateResult> {
     let entry: Entry;
     try {
-      entry = this.entryFor(pathFd, await sys.fstatat(pathFd));
+      entry = this.entryFor(pathFd, stat ?? (await sys.fstatat(pathFd)));
     } catch (err) {
       this.closeFd(fd);
       throw err;

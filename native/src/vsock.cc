@@ -11,6 +11,8 @@
 //   localCid() -> number              ioctl(IOCTL_VM_SOCKETS_GET_LOCAL_CID) on /dev/vsock
 //   peerAddress(fd) / localAddress(fd) -> { cid, port }
 //   socketpair() -> [fd, fd]          AF_UNIX SOCK_STREAM, for tests of the stream path
+//   setStreamBuffers(fd, bytes) -> { send, recv }   SO_SNDBUF/SO_RCVBUF of a unix/tcp socket (0: only read)
+//                                     (forced past net.core.*mem_max when root); the sizes in effect
 #include "addon.h"
 
 #include <uv.h>
@@ -37,6 +39,17 @@ constexpr uint32_t kHostCidMax = 2;
 // After an accept error (EMFILE...) the listening socket stays readable, and after a poll error
 // libuv stops polling: in both cases pause, report, and try again instead of spinning or dying.
 constexpr uint64_t kAcceptBackoffMs = 100;
+// virtio-vsock lets a peer send only as much as the receiver's buffer (256 KiB by default) before
+// it must wait for a credit update: a 1 MiB write frame took four such waits. Accepted sockets
+// inherit the listener's size.
+constexpr uint64_t kVsockBufferBytes = 4u << 20;
+
+// Best effort: a kernel that refuses keeps its default, which is slower but correct.
+void WidenVsockBuffers(int fd) {
+  uint64_t size = kVsockBufferBytes;
+  setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_BUFFER_MAX_SIZE, &size, sizeof size);
+  setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_BUFFER_SIZE, &size, sizeof size);
+}
 
 std::string CidName(uint32_t cid) {
   return cid == VMADDR_CID_ANY ? std::string("any") : std::to_string(cid);
@@ -164,6 +177,7 @@ class VsockListener : public Napi::ObjectWrap<VsockListener> {
 
     fd_ = socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd_ < 0) ThrowSystemError(env, errno, "socket", what);
+    WidenVsockBuffers(fd_);
     sockaddr_vm sa = VsockAddr(cid_, port_);
     const char* failed = nullptr;
     if (bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0)
@@ -468,6 +482,7 @@ Napi::Value VsockConnect(const Napi::CallbackInfo& info) {
   uv_loop_t* loop = Loop(env);
   int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) ThrowSystemError(env, errno, "socket", what);
+  WidenVsockBuffers(fd);
 
   Napi::Value timeout = opts.Get("timeoutMs");
   if (timeout.IsNumber()) {
@@ -565,6 +580,32 @@ Napi::Value SocketPair(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// A unix or tcp socket's kernel buffers: with the default ~208 KiB a 1 MiB frame needs several
+// wake-ups of both processes to cross. The FORCE variants (root) go past net.core.[rw]mem_max.
+Napi::Value SetStreamBuffers(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber())
+    throw Napi::TypeError::New(env, "setStreamBuffers(fd, bytes)");
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int bytes = info[1].As<Napi::Number>().Int32Value();
+  if (bytes > 0) {  // 0: only report
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof bytes) != 0)
+      setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof bytes) != 0)
+      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+  }
+  int send = 0, recv = 0;
+  socklen_t len = sizeof send;
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &send, &len) != 0)
+    ThrowSystemError(env, errno, "getsockopt", "SO_SNDBUF of fd " + std::to_string(fd));
+  len = sizeof recv;
+  getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &recv, &len);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("send", Napi::Number::New(env, send));
+  out.Set("recv", Napi::Number::New(env, recv));
+  return out;
+}
+
 }  // namespace
 
 void InitVsock(Napi::Env env, Napi::Object exports) {
@@ -586,6 +627,7 @@ void InitVsock(Napi::Env env, Napi::Object exports) {
   exports.Set("peerAddress", Napi::Function::New<PeerAddress>(env, "peerAddress"));
   exports.Set("localAddress", Napi::Function::New<LocalAddress>(env, "localAddress"));
   exports.Set("socketpair", Napi::Function::New<SocketPair>(env, "socketpair"));
+  exports.Set("setStreamBuffers", Napi::Function::New<SetStreamBuffers>(env, "setStreamBuffers"));
   exports.Set("VMADDR_CID_ANY", Napi::Number::New(env, VMADDR_CID_ANY));
   exports.Set("VMADDR_PORT_ANY", Napi::Number::New(env, VMADDR_PORT_ANY));
 }

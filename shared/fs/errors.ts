@@ -10,11 +10,19 @@ export function errnoName(errno: number): string {
   return nameByErrno.get(errno) ?? `errno ${errno}`;
 }
 
+/**
+ * An errno result. These are ordinary answers (ENOENT for a lookup, ENODATA for an xattr), made
+ * thousands of times a second, so no stack trace is captured: it cost more than the rest of the
+ * error path, and the message names the operation.
+ */
 export class FsError extends Error {
   readonly errno: number;
   readonly code: string;
   constructor(errno: number, message?: string) {
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(message ?? errnoName(errno));
+    Error.stackTraceLimit = limit;
     this.errno = errno;
     this.code = errnoName(errno);
     this.name = 'FsError';

@@ -1,6 +1,7 @@
 // Frames: u32be envelope length | u32be payload length | Envelope | payload.
 // The decoder checks both lengths against its limits before it allocates or waits for a body, so a
 // peer announcing 4 GiB costs nothing; bytes that do not parse end the session, never the process.
+import { BufferPool } from './buffer-pool.js';
 import { Envelope, type EnvelopeInit } from './wire.js';
 
 export const HEADER_SIZE = 8;
@@ -11,6 +12,11 @@ export interface Frame {
   envelope: Envelope;
   /** Bulk data, a view into the receive buffer (valid as long as the Frame is referenced). */
   payload?: Buffer;
+  /**
+   * Set when the frame was assembled in a pooled buffer: the owner calls it once nothing uses the
+   * payload any more (then the buffer is reused). Not calling it is safe.
+   */
+  release?: () => void;
 }
 
 export class FrameError extends Error {
@@ -49,7 +55,10 @@ export class FrameDecoder {
   private need = HEADER_SIZE; // bytes needed before the next step can run
   private header: { envelope: number; payload: number } | null = null;
 
-  constructor(private readonly limits: FrameLimits = { maxEnvelope: DEFAULT_MAX_ENVELOPE, maxPayload: DEFAULT_MAX_PAYLOAD }) {}
+  constructor(
+    private readonly limits: FrameLimits = { maxEnvelope: DEFAULT_MAX_ENVELOPE, maxPayload: DEFAULT_MAX_PAYLOAD },
+    private readonly pool?: BufferPool,
+  ) {}
 
   /** Bytes held that do not yet form a frame. */
   get pending(): number {
@@ -63,7 +72,7 @@ export class FrameDecoder {
     this.buffered += chunk.length;
     while (this.buffered >= this.need) {
       if (!this.header) {
-        const head = this.take(HEADER_SIZE);
+        const head = this.take(HEADER_SIZE).buf;
         const envelope = head.readUInt32BE(0);
         const payload = head.readUInt32BE(4);
         if (envelope === 0) throw new FrameError('frame with an empty envelope');
@@ -77,14 +86,23 @@ export class FrameDecoder {
         this.need = envelope + payload;
       } else {
         const { envelope: envLength, payload: payloadLength } = this.header;
-        const body = this.take(envLength + payloadLength);
+        const { buf: body, pooled } = this.take(envLength + payloadLength);
         let envelope: Envelope;
         try {
           envelope = Envelope.decode(body.subarray(0, envLength));
         } catch (err) {
           throw new FrameError(`undecodable envelope: ${(err as Error).message}`);
         }
-        frames.push(payloadLength > 0 ? { envelope, payload: body.subarray(envLength) } : { envelope });
+        const frame: Frame = payloadLength > 0 ? { envelope, payload: body.subarray(envLength) } : { envelope };
+        if (pooled) {
+          const pool = this.pool!;
+          let released = false;
+          frame.release = () => {
+            if (!released) pool.release(body);
+            released = true;
+          };
+        }
+        frames.push(frame);
         this.header = null;
         this.need = HEADER_SIZE;
       }
@@ -92,16 +110,21 @@ export class FrameDecoder {
     return frames;
   }
 
-  /** Removes exactly n bytes from the front of the buffered chunks (no copy when one chunk suffices). */
-  private take(n: number): Buffer {
+  /**
+   * Removes exactly n bytes from the front of the buffered chunks (no copy when one chunk suffices;
+   * otherwise into a buffer from the pool, if there is one: `pooled`).
+   */
+  private take(n: number): { buf: Buffer; pooled: boolean } {
     const first = this.chunks[0];
     let out: Buffer;
+    let pooled = false;
     if (first.length >= n) {
       out = first.subarray(0, n);
       if (first.length === n) this.chunks.shift();
       else this.chunks[0] = first.subarray(n);
     } else {
-      out = Buffer.allocUnsafe(n);
+      pooled = this.pool !== undefined;
+      out = this.pool ? this.pool.acquire(n) : Buffer.allocUnsafe(n);
       let filled = 0;
       while (filled < n) {
         const c = this.chunks[0];
@@ -113,6 +136,6 @@ export class FrameDecoder {
       }
     }
     this.buffered -= n;
-    return out;
+    return { buf: out, pooled };
   }
 }

@@ -5,6 +5,7 @@ import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { FsError, E, toErrno } from '../fs/errors.js';
 import type { Logger } from '../log.js';
+import { sharedPool } from './buffer-pool.js';
 import { encodeFrame, FrameDecoder, FrameError, DEFAULT_MAX_ENVELOPE, DEFAULT_MAX_PAYLOAD, type Frame, type FrameLimits } from './framing.js';
 import { roleOf, type BodyKind, type EnvelopeInit } from './wire.js';
 
@@ -13,6 +14,7 @@ export interface Reply {
   payload?: Uint8Array;
 }
 
+/** The payload is valid until the handler's promise settles (or, if the reply carries it, is sent). */
 export interface IncomingRequest extends Frame {
   kind: BodyKind;
   /** Aborted when the peer cancels the request or the session closes. */
@@ -75,7 +77,7 @@ export class Session extends EventEmitter {
     this.opts = { keepaliveMs: 15_000, defaultDeadlineMs: 60_000, maxIncoming: 256, maxOutgoing: 1024, ...options };
     this.log = options.logger;
     this.limits = options.limits ?? { maxEnvelope: DEFAULT_MAX_ENVELOPE, maxPayload: DEFAULT_MAX_PAYLOAD };
-    this.decoder = new FrameDecoder(this.limits);
+    this.decoder = new FrameDecoder(this.limits, sharedPool);
     stream.on('data', (chunk: Buffer) => this.onData(chunk));
     stream.on('end', () => this.shutdown('peer closed the connection'));
     stream.on('close', () => this.shutdown('connection closed'));
@@ -176,11 +178,12 @@ export class Session extends EventEmitter {
    * the peer's input makes us produce, so a peer that stops reading must stop us taking its input.
    * Our own requests never stop us reading (their replies are what would unblock them).
    */
-  private sendReply(envelope: EnvelopeInit, payload?: Uint8Array): void {
+  private sendReply(envelope: EnvelopeInit, payload?: Uint8Array, onFlushed?: () => void): void {
     const bytes = (payload?.length ?? 0) + 64;
     this.replyBytesQueued += bytes;
     this.send(envelope, payload, () => {
       this.replyBytesQueued -= bytes;
+      onFlushed?.();
       if (this.replyBytesQueued <= this.maxReplyBacklog) this.pump();
     });
   }
@@ -249,9 +252,12 @@ export class Session extends EventEmitter {
       .then(() => handler({ ...frame, kind, signal: controller.signal }))
       .then(
         (reply) => {
-          if (!controller.signal.aborted) this.sendReply({ ...reply.body, id }, reply.payload);
+          // The reply may carry the request's own buffer (an echo): reuse it only once it is sent.
+          if (!controller.signal.aborted) this.sendReply({ ...reply.body, id }, reply.payload, frame.release);
+          else frame.release?.();
         },
         (err: unknown) => {
+          frame.release?.();
           if (controller.signal.aborted) return;
           this.stats.errors++;
           const errno = toErrno(err);

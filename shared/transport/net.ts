@@ -3,6 +3,21 @@ import net from 'node:net';
 import fs from 'node:fs/promises';
 import type { Duplex } from 'node:stream';
 import type { PeerIdentity } from './peer.js';
+import { setStreamBuffers } from '../../native/vsock.js';
+
+/** Kernel socket buffers: a whole 1 MiB write frame crosses without waiting for the reader. */
+export const SOCKET_BUFFER_BYTES = 4 << 20;
+
+/** Widens a connected socket's kernel buffers (best effort: defaults are slower, not wrong). */
+function widenBuffers(socket: net.Socket): void {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) return;
+  try {
+    setStreamBuffers(fd, SOCKET_BUFFER_BYTES);
+  } catch {
+    // keep the defaults
+  }
+}
 
 export interface Listener {
   /** The address actually bound (a tcp port of 0 becomes the real port). */
@@ -22,6 +37,7 @@ export function connectSocket(options: net.NetConnectOpts, what: string, timeout
     socket.once('connect', () => {
       clearTimeout(timer);
       socket.removeAllListeners('error');
+      widenBuffers(socket);
       resolve(socket);
     });
     socket.once('error', (err: NodeJS.ErrnoException) => {
@@ -49,6 +65,7 @@ export async function listenSocket(
   if ('path' in options) await removeStaleSocket(options.path);
   const server = net.createServer((socket) => {
     socket.setNoDelay?.(true);
+    widenBuffers(socket);
     onConnection(socket, identify(socket));
   });
   await new Promise<void>((resolve, reject) => {
