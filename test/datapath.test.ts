@@ -1071,11 +1071,9 @@ test('1 MiB requests (-o max_write=1048576,max_readahead=1048576): large files m
   t.is((await shOk(`dd if=${m}/big bs=4M status=none | sha256sum`)).split(' ')[0], sum);
 });
 
-// BUG (reported): any -o max_read=N makes the mount fail: libfuse aborts the session with "init()
-// and fuse_session_new() requested different maximum read size (0 vs N)", because max_read is
-// passed to fuse_session_new (native/fuse.ts) but the init callback (native/src/fuse_ops.cc) never
-// sets conn->max_read. The background `dirvisor-guest mount` still exits 0 and logs "mounted".
-test.failing('-o max_read=1048576: the mount comes up and reads 1 MiB requests intact', async (t) => {
+// -o max_read=N goes both to the kernel (mount option) and to libfuse's INIT, which must agree;
+// the background `mount` returns only once INIT has been accepted.
+test('-o max_read=1048576: the mount comes up and reads 1 MiB requests intact', async (t) => {
   const { s, name } = await ex.subdir('maxread');
   await fs.writeFile(path.join(s, 'f'), crypto.randomBytes(8 * 1024 * 1024));
   const mnt = path.join(ex.work, 'guest', 'maxread-bg');

@@ -59,7 +59,7 @@ export const OPTION_HELP = `  allow_other            let other users than the mo
   negative_timeout=SEC   how long "no such file" is cached (default 0)
   writeback              let the kernel cache writes and send them later (writeback_cache)
   max_read=N  max_write=N  max_readahead=N  max_background=N
-                         transfer sizes in bytes (max_write at most 1 MiB) / background requests
+                         transfer sizes in bytes (max_read, max_write at most 1 MiB) / background requests
   fsname=NAME            source shown in /proc/mounts and df
   export=NAME            which of the host's exports to mount (default: the first)
   debug                  libfuse request trace on stderr
@@ -178,8 +178,10 @@ export function parseMountOptions(input: string | readonly string[], base: Mount
       throw new MountOptionError(`unknown mount option '${word}'`);
     }
   }
-  if (opts.maxWrite !== undefined && opts.maxWrite > 1 << 20)
-    throw new MountOptionError(`mount option 'max_write' is at most ${1 << 20}`);
+  // One request's payload must fit libfuse's 1 MiB receive buffer (and the kernel's 256 pages).
+  for (const [key, v] of [['max_write', opts.maxWrite], ['max_read', opts.maxRead]] as const) {
+    if (v !== undefined && v > 1 << 20) throw new MountOptionError(`mount option '${key}' is at most ${1 << 20}`);
+  }
   if (opts.flags!.length === 0) delete opts.flags;
   return { fuse: opts, agent };
 }

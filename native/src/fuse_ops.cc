@@ -96,8 +96,12 @@ void CopyData(Request& r, const char* p, size_t n) {
 }
 
 void ll_init(void* userdata, fuse_conn_info* conn) {
-  const SessionConfig& cfg = static_cast<Core*>(userdata)->cfg;
+  Core* core = static_cast<Core*>(userdata);
+  const SessionConfig& cfg = core->cfg;
+  core->initSeen = true;
   conn->max_write = std::min<uint32_t>(cfg.maxWrite, 1u << 20);  // libfuse also caps it to its buffer
+  // libfuse refuses INIT unless this equals the max_read mount option given to fuse_session_new.
+  conn->max_read = cfg.maxRead;
   if (cfg.maxReadahead) conn->max_readahead = cfg.maxReadahead;
   if (cfg.maxBackground) {
     conn->max_background = cfg.maxBackground;
@@ -409,20 +413,34 @@ void Core::Run() {
   // Signals are blocked only after mounting: fusermount3 (forked above) inherits our mask.
   BlockSignals();
   const bool mounted = err == 0;
-  if (mounted) {
-    {
-      std::lock_guard<std::mutex> lk(mu);
-      notifyOpen = true;
-    }
-    notifier = std::thread(&Core::NotifyLoop, this);
-  }
-  Post(new MountedEvent(err));
-  if (mounted) {
-    // Ends when the kernel aborts the connection: unmounted (by us, fusermount3 -u, umount).
-    fuse_session_loop(se);
-    StopNotifier();
-  }
+  bool announced = false;
+  if (mounted) Serve(announced);
+  // Not announced: INIT failed (libfuse says why on stderr) or the mount went away before it.
+  if (!announced) Post(new MountedEvent(mounted ? EPROTO : err));
+  if (announced) StopNotifier();
   Post(new ExitEvent(mounted));
+}
+
+// fuse_session_loop, plus one step: the kernel's INIT is the first request, and the mount is
+// reported usable only once libfuse has accepted it (it refuses e.g. a max_read mismatch).
+void Core::Serve(bool& announced) {
+  fuse_buf buf{};
+  while (!fuse_session_exited(se)) {
+    int res = fuse_session_receive_buf(se, &buf);
+    if (res == -EINTR) continue;
+    if (res <= 0) break;  // the kernel ended the connection: unmounted (by us, fusermount3 -u, umount)
+    fuse_session_process_buf(se, &buf);
+    if (!announced && initSeen && !fuse_session_exited(se)) {
+      announced = true;
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        notifyOpen = true;
+      }
+      notifier = std::thread(&Core::NotifyLoop, this);
+      Post(new MountedEvent(0));
+    }
+  }
+  free(buf.mem);
 }
 
 bool Core::PushJob(std::unique_ptr<NotifyJob>& job) {
