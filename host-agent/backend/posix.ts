@@ -54,8 +54,10 @@ const RENAME_FLAGS = C.RENAME_NOREPLACE | C.RENAME_EXCHANGE | C.RENAME_WHITEOUT;
 const XATTR_FLAGS = C.XATTR_CREATE | C.XATTR_REPLACE;
 // Flags a guest open may carry through to the host open. Everything else is dropped: O_CREAT /
 // O_EXCL (create() handles those), O_NOFOLLOW (always implied), O_NOCTTY, O_NOATIME (needs
-// ownership), O_PATH, O_TMPFILE, O_LARGEFILE, O_NONBLOCK (regular files only anyway).
-const OPEN_FLAGS = C.O_ACCMODE | C.O_APPEND | C.O_TRUNC | C.O_DIRECT | C.O_SYNC | C.O_DSYNC;
+// ownership), O_PATH, O_TMPFILE, O_LARGEFILE, O_NONBLOCK (regular files only anyway), and O_DIRECT:
+// the guest kernel already bypasses its own page cache for it, our buffers are not aligned as the
+// host's O_DIRECT requires (EINVAL), and some storage refuses it outright (as virtiofsd drops it).
+const OPEN_FLAGS = C.O_ACCMODE | C.O_APPEND | C.O_TRUNC | C.O_SYNC | C.O_DSYNC;
 // copy_file_range may return short; bound one call so it cannot hold a worker thread for long.
 const MAX_COPY = 1 << 30;
 const MAX_DIR_BATCH = 65536;
