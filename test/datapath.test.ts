@@ -36,6 +36,24 @@ test.afterEach.always(async (t) => {
 
 const GiB = 1024 ** 3;
 
+// One strace at a time can attach to the host agent, and tests in this file run concurrently:
+// traced sections take turns. `stop` ends the trace (and the turn) and returns what it saw.
+let traceTurn: Promise<unknown> = Promise.resolve();
+async function traceHost(syscalls: string[]): Promise<{ stop(): Promise<string> } | null> {
+  const previous = traceTurn;
+  let done!: () => void;
+  traceTurn = new Promise<void>((resolve) => (done = resolve));
+  await previous;
+  try {
+    const trace = await traceSyscalls(ex.host.proc.pid!, syscalls);
+    if (!trace) done();
+    return trace && { stop: () => trace.stop().finally(done) };
+  } catch (err) {
+    done();
+    throw err;
+  }
+}
+
 /**
  * The same test on the default mount and on the writeback-cache mount of the same serve (where the
  * guest kernel keeps written data in its page cache and opens files differently).
@@ -661,7 +679,7 @@ test('fsync: data is in the backing file before close, also with the writeback c
   // them to the storage.
   // Watch the host agent's syscalls: "in the backing file" could be the host's page cache; fsync
   // must reach the storage as fsync/fdatasync of the backing file.
-  const trace = await traceSyscalls(ex.host.proc.pid!, ['fsync', 'fdatasync']);
+  const trace = await traceHost(['fsync', 'fdatasync']);
   const r = await pyJson(`
     m, wbm, s = sys.argv[1:4]
     res = {}
@@ -741,7 +759,9 @@ onBothMounts('fallocate, punch hole, SEEK_DATA and SEEK_HOLE', 'fallocate', asyn
   t.is(g[69632], 0x42);
 });
 
-onBothMounts('copy_file_range copies the right bytes, whole and in ranges', 'cfr', async (t, { m, s }) => {
+onBothMounts('copy_file_range copies the right bytes, whole and in ranges, on the host', 'cfr', async (t, { m, s }) => {
+  // Done on the server side: the host copies with copy_file_range(2), the bytes never cross.
+  const trace = await traceHost(['copy_file_range']);
   const r = await pyJson(`
     m, s = sys.argv[1:3]
     data = os.urandom(3 * 1024 * 1024 + 12345)
@@ -769,6 +789,12 @@ onBothMounts('copy_file_range copies the right bytes, whole and in ranges', 'cfr
   t.true(r.whole);
   t.true(r.backing);
   t.deepEqual(r.range, [5000, 100000, true, true, true, true]);
+  if (trace) {
+    const calls = await trace.stop();
+    t.regex(calls, /copy_file_range\(\d+, \[1000000\], \d+, \[20000\], 5000, 0\) = 5000/, calls);
+  } else {
+    t.log('strace is not installed: not checking that the host did the copy');
+  }
   // cp(1) (which uses copy_file_range where it can) gives an identical file.
   await shOk(`cp ${m}/src ${m}/cp && cmp ${m}/src ${m}/cp`);
 });
