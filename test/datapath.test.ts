@@ -1233,6 +1233,35 @@ test('a read-only export: reads work, every change fails with EROFS, storage unt
   t.is(await fs.readFile(path.join(ro.storage, 'file'), 'utf8'), 'read me\n');
 });
 
+// The mount follows the agent: SIGTERM/SIGINT unmount cleanly, and a SIGKILLed agent leaves no
+// "Transport endpoint is not connected" behind (auto_unmount, the default), unless asked to.
+for (const sig of ['SIGTERM', 'SIGINT', 'SIGKILL'] as const) {
+  test(`the guest agent ended by ${sig}: the mount goes with it`, async (t) => {
+    const g = await mountGuest(ex.host.uri, { token: ex.host.token, mnt: path.join(ex.work, 'guest', `sig-${sig}`) });
+    t.teardown(() => g.unmount());
+    t.is(await shOk(`ls ${g.mnt} >/dev/null && echo ok`), 'ok\n');
+    const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => g.proc.once('exit', (code, signal) => resolve([code, signal])));
+    g.proc.kill(sig);
+    const [code, signal] = await exited;
+    // SIGTERM/SIGINT: a clean exit once unmounted.
+    t.deepEqual([code, signal], sig === 'SIGKILL' ? [null, 'SIGKILL'] : [0, null]);
+    await waitFor(async () => !(await isMounted(g.mnt)), `${g.mnt} to go away`, { timeoutMs: 5000 });
+    t.is((await sh(`ls ${g.mnt}`)).code, 0, 'the mount point is a plain directory again');
+  });
+}
+
+test('-o no_auto_unmount: a SIGKILLed agent leaves its mount, not connected, for fusermount3 -uz', async (t) => {
+  const g = await mountGuest(ex.host.uri, { token: ex.host.token, options: 'no_auto_unmount', mnt: path.join(ex.work, 'guest', 'no-auto') });
+  t.teardown(() => g.unmount());
+  const exited = new Promise((resolve) => g.proc.once('exit', resolve));
+  g.proc.kill('SIGKILL');
+  await exited;
+  t.true(await isMounted(g.mnt));
+  t.regex((await sh(`ls ${g.mnt}`)).stderr, /Transport endpoint is not connected/);
+  await shOk(`fusermount3 -uz ${g.mnt}`);
+  t.false(await isMounted(g.mnt));
+});
+
 test('unmounting ends the guest agent cleanly and leaves no mount', async (t) => {
   // A separate mount of the same serve, unmounted with `dirvisor-guest umount`.
   const g = await mountGuest(ex.host.uri, { token: ex.host.token, mnt: path.join(ex.work, 'guest', 'umount-me') });

@@ -1,6 +1,6 @@
 // Mount options as the CLI and fstab give them: sshfs-like `-o` words, comma separated.
 //
-//   allow_other  default_permissions  ro | rw  auto_unmount  debug
+//   allow_other  default_permissions  ro | rw  auto_unmount | no_auto_unmount  debug
 //   fsname=NAME  max_read=N  max_write=N  max_readahead=N  max_background=N
 //   entry_timeout=SEC  attr_timeout=SEC  negative_timeout=SEC  cache=none|auto|long
 //   writeback | writeback_cache | no_writeback | no_writeback_cache
@@ -52,7 +52,8 @@ export interface ParsedOptions {
 export const OPTION_HELP = `  allow_other            let other users than the mounting one use the mount
   default_permissions    let the kernel check permissions from file modes
   ro | rw                read-only / read-write mount
-  auto_unmount           unmount by itself if the agent dies (even by SIGKILL)
+  auto_unmount           unmount by itself if the agent dies, even by SIGKILL (the default of
+                         \`dirvisor-guest mount\`; no_auto_unmount keeps a dead mount in place)
   cache=none|auto|long   kernel caching: none; 1 s (default); 1 day, kept coherent by the host
   entry_timeout=SEC      how long names are cached (overrides cache=)
   attr_timeout=SEC       how long attributes are cached (overrides cache=)
@@ -81,6 +82,7 @@ const BOOLEANS: Record<string, [keyof MountOptions, boolean]> = {
   ro: ['readOnly', true],
   rw: ['readOnly', false],
   auto_unmount: ['autoUnmount', true],
+  no_auto_unmount: ['autoUnmount', false],
   debug: ['debug', true],
   writeback: ['writeback', true],
   writeback_cache: ['writeback', true],
