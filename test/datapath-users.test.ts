@@ -386,6 +386,25 @@ test('writing a file one does not own on the writeback mount: fsync and close su
   t.is((await fs.readFile(path.join(s, 'shared'))).subarray(0, 2).toString(), 'xy');
 });
 
+// The groups come from the guest's /proc for each request that needs them; none may be lost on the
+// way (the host once kept only the first 64).
+const manyGroups = test.macro({
+  async exec(t, which: Which) {
+    const { s, name } = await ex.subdir(`groups-${which}`);
+    await fs.writeFile(path.join(s, 'g'), 'for the last group\n');
+    await fs.chown(path.join(s, 'g'), 0, 5299);
+    await fs.chmod(path.join(s, 'g'), 0o640);
+    const groups = Array.from({ length: 300 }, (_, i) => 5000 + i);
+    const script = `out(err(lambda: read(sys.argv[1] + "/g").decode()))`;
+    t.is(await pyJson(script, [mountFor(which, name)], { ...asUser, groups }), 'for the last group\n');
+    t.is((await pyJson(script, [mountFor(which, name)], { ...asUser, groups: groups.slice(0, -1) })).errno, 'EACCES');
+  },
+  title: (_, which: Which) => `a user in 300 supplementary groups reads through the last one (${MOUNTS[which]})`,
+});
+
+test(manyGroups, 'kernel');
+test(manyGroups, 'host');
+
 test('an ordinary shell session as uid 1000 in its own directory', async (t) => {
   const { m, s } = await ex.subdir('session');
   await fs.chown(s, USER.uid, USER.gid);
