@@ -43,7 +43,11 @@ export async function mountRemote(opts: MountCommandOptions): Promise<RunningMou
     // Mount it on the host now, so a wrong name or a storage problem is reported before FUSE mounts.
     await remote.getattr({ uid: 0, gid: 0, pid: 0 }, 1);
     if (info.readOnly) fuse.readOnly = true;
-    mount = await mountFileSystem(remote, mountpoint, { ...fuse, fsname: fuse.fsname ?? `dirvisor:${name}`, logger: log });
+    // auto_unmount by default: if this process dies (even by SIGKILL) the mount goes with it, rather
+    // than staying behind as "Transport endpoint is not connected".
+    mount = await mountFileSystem(remote, mountpoint, {
+      ...fuse, autoUnmount: fuse.autoUnmount ?? true, fsname: fuse.fsname ?? `dirvisor:${name}`, logger: log,
+    });
     log.info({ export: name }, 'mounted');
   } catch (err) {
     link.close('mount failed');

@@ -14,10 +14,13 @@ const b = (v: Uint8Array | null | undefined): Buffer => (v ? Buffer.from(v.buffe
 
 /** (uid_t)-1 means "no id" to the kernel; a caller claiming it is malformed. */
 const ID_MAX = 0xfffffffe;
+const NGROUPS_MAX = 65536;
 
 export function callerFromWire(c: pb.Caller.$Properties | null | undefined): Caller {
   const caller: Caller = { uid: c?.uid ?? 0, gid: c?.gid ?? 0, pid: c?.pid ?? 0 };
-  if (c?.groups?.length) caller.groups = c.groups.slice(0, 64); // NGROUPS for a FUSE caller is small
+  // All of them, up to the kernel's NGROUPS_MAX: a user in more than a few dozen groups must keep
+  // access through every one (the frame size limit bounds the list anyway).
+  if (c?.groups?.length) caller.groups = c.groups.slice(0, NGROUPS_MAX);
   if (caller.uid > ID_MAX || caller.gid > ID_MAX || caller.groups?.some((g) => g > ID_MAX)) {
     throw new FsError(E.EINVAL, 'caller ids must be below 4294967295');
   }

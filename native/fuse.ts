@@ -67,6 +67,8 @@ export interface FuseOpen extends OpenResult {
 
 /** Tuning applied in the session's init callback (not mount options). */
 export interface FuseSessionConfig {
+  /** conn->max_read: must equal FuseMountArgs.maxRead (libfuse refuses INIT otherwise). Default 0, no limit. */
+  maxRead?: number;
   /** conn->max_write, at most 1 MiB (libfuse's buffer). Default 1 MiB. */
   maxWrite?: number;
   maxReadahead?: number;
@@ -103,6 +105,7 @@ export interface NativeFuseSession {
   readonly state: FuseState;
   /** Requests handed to JS and not answered yet. */
   readonly pending: number;
+  /** Resolves once the kernel's INIT has been answered (the mount is usable); rejects if it failed. */
   mount(): Promise<void>;
   /** Resolves 0 or a positive errno (EBUSY if in use and not lazy). */
   unmount(lazy: boolean): Promise<number>;

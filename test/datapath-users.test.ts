@@ -274,11 +274,10 @@ test('what the user may do: own files, chmod, utime, group-writable files throug
   t.is(b.uid, 1000);
 });
 
-// BUG (reported): the guest kernel clears S_ISUID/S_ISGID before such a write with a SETATTR(mode)
-// sent as the writing user (no FUSE_HANDLE_KILLPRIV_V2 is negotiated); the host's setattr runs the
-// fchmod with the caller's credentials (host-agent/backend/posix.ts setattr), which a non-owner may
-// not do, so the write itself fails with EPERM. On a local file system it succeeds and the bit goes.
-test.failing('a write by a non-root user clears the set-user-ID bit, on the storage too', async (t) => {
+// The guest kernel drops set-ID bits before a write or truncate by an unprivileged process with a
+// SETATTR(mode) sent as that user, who may not chmod a file it does not own: the host allows exactly
+// that drop to whoever may write the file, as a local file system does within the write.
+test('a write by a non-root user clears the set-user-ID bit, on the storage too', async (t) => {
   const { m, s } = await ex.subdir('suid');
   await fs.writeFile(path.join(s, 'prog'), '#!/bin/sh\n');
   await fs.chmod(path.join(s, 'prog'), 0o4777);
@@ -287,6 +286,124 @@ test.failing('a write by a non-root user clears the set-user-ID bit, on the stor
   t.is(Number(await shOk(`stat -c %a ${m}/prog`)), 777);
   t.is(await fs.readFile(path.join(s, 'prog'), 'utf8'), '#!/bin/sh\necho pwned\n');
 });
+
+// Not compared: S_ISGID without group execute on a file of a group the writer is not in. A local
+// file system drops it on write (Linux 6.x); the FUSE kernel module keeps its older rule (only with
+// group execute) and asks for nothing, so the guest keeps the bit (the storage too, or not, depending
+// on which credentials the data reaches the host with): a limit of FUSE, not of this agent.
+const setIdBits = test.macro({
+  async exec(t, which: Which) {
+    const { s, name } = await ex.subdir(`setid-${which}`);
+    const local = path.join(s, 'local');
+    const files: Record<string, number> = {
+      write_suid: 0o4777, write_sgid_gx: 0o2777, write_sgid_mygroup: 0o2666, trunc_suid: 0o4777,
+      ftrunc_suid: 0o4777, owner_suid: 0o4755, nowrite_suid: 0o4755,
+    };
+    // The same files on the local file system (the backing directory, as the kernel treats it
+    // there) and in the mount; the user works on both and the outcomes must be the same.
+    await fs.mkdir(local);
+    for (const dir of [s, local]) {
+      for (const [f, mode] of Object.entries(files)) {
+        await fs.writeFile(path.join(dir, f), 'data\n');
+        if (f === 'owner_suid') await fs.chown(path.join(dir, f), USER.uid, USER.gid);
+        if (f === 'write_sgid_mygroup') await fs.chown(path.join(dir, f), 0, USER.gid);
+        await fs.chmod(path.join(dir, f), mode);
+      }
+    }
+    const script = `
+      d = sys.argv[1]
+      def append(f):
+          with open(d + "/" + f, "ab") as fh: fh.write(b"more\\n")
+          return "ok"
+      def ftrunc(f):
+          fd = os.open(d + "/" + f, os.O_WRONLY)
+          os.ftruncate(fd, 2)
+          os.close(fd)
+          return "ok"
+      res = {
+        "write_suid": err(lambda: append("write_suid")),
+        "write_sgid_gx": err(lambda: append("write_sgid_gx")),
+        "write_sgid_mygroup": err(lambda: append("write_sgid_mygroup")),
+        "trunc_suid": err(lambda: os.truncate(d + "/trunc_suid", 1)),
+        "ftrunc_suid": err(lambda: ftrunc("ftrunc_suid")),
+        "owner_suid": err(lambda: append("owner_suid")),
+        "nowrite_suid": [err(lambda: append("nowrite_suid")), err(lambda: os.chmod(d + "/nowrite_suid", 0o755))],
+      }
+      out({"res": res, "modes": {f: oct(st(d + "/" + f)["perm"]) for f in sorted(res)}})
+    `;
+    const expected = await pyJson(script, [local], asUser);
+    const got = await pyJson(script, [mountFor(which, name)], asUser);
+    t.deepEqual(got, expected);
+    // The mount shows what the storage holds.
+    const storage = await pyJson(`
+      out({f: oct(st(sys.argv[1] + "/" + f)["perm"]) for f in sys.argv[2:]})
+    `, [s, ...Object.keys(files)]);
+    t.deepEqual(storage, expected.modes);
+    // (what the kernel does, spelled out: the writer's bits go, the rest stay)
+    t.is(expected.modes.write_suid, '0o777');
+    t.is(expected.modes.write_sgid_mygroup, '0o2666', 'no group execute, and the writer is in the group');
+    t.is(expected.modes.nowrite_suid, '0o4755');
+  },
+  title: (_, which: Which) => `set-ID bits after writes and truncates by a non-root user match a local file system (${MOUNTS[which]})`,
+});
+
+test(setIdBits, 'kernel');
+test(setIdBits, 'host');
+test(setIdBits, 'writeback');
+
+// With the writeback cache the guest kernel keeps mtime itself and sends it to the host as an
+// explicit time (on fsync and close, with a truncate), as the writing user: for a file the user may
+// write but does not own, that must not turn into EPERM, while a user's own explicit utime still does.
+test('writing a file one does not own on the writeback mount: fsync and close succeed, mtime follows', async (t) => {
+  const { s, name } = await ex.subdir('wb-times');
+  await fs.writeFile(path.join(s, 'shared'), 'x');
+  await fs.chmod(path.join(s, 'shared'), 0o666);
+  const old = new Date('2001-01-01T00:00:00Z');
+  await fs.utimes(path.join(s, 'shared'), old, old);
+  const r = await pyJson(`
+    f = sys.argv[1] + "/shared"
+    res = {}
+    def write():
+        fd = os.open(f, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, b"y")
+        os.fsync(fd)
+        os.ftruncate(fd, 5)
+        os.close(fd)
+        return "ok"
+    res["write"] = err(write)
+    res["truncate"] = err(lambda: os.truncate(f, 6))
+    res["explicit_utime"] = err(lambda: os.utime(f, ns=(1, 1)))
+    res["now_utime"] = err(lambda: os.utime(f))
+    out(res)
+  `, [mountFor('writeback', name)], asUser);
+  t.is(r.write, 'ok', JSON.stringify(r.write));
+  t.is(r.truncate, null, JSON.stringify(r.truncate));
+  t.is(r.explicit_utime?.errno, 'EPERM', 'only the owner sets explicit times');
+  t.is(r.now_utime, null);
+  const b = await fs.stat(path.join(s, 'shared'));
+  t.is(b.size, 6);
+  t.true(b.mtimeMs > old.getTime() + 1000, `mtime ${b.mtime.toISOString()} moved on`);
+  t.is((await fs.readFile(path.join(s, 'shared'))).subarray(0, 2).toString(), 'xy');
+});
+
+// The groups come from the guest's /proc for each request that needs them; none may be lost on the
+// way (the host once kept only the first 64).
+const manyGroups = test.macro({
+  async exec(t, which: Which) {
+    const { s, name } = await ex.subdir(`groups-${which}`);
+    await fs.writeFile(path.join(s, 'g'), 'for the last group\n');
+    await fs.chown(path.join(s, 'g'), 0, 5299);
+    await fs.chmod(path.join(s, 'g'), 0o640);
+    const groups = Array.from({ length: 300 }, (_, i) => 5000 + i);
+    const script = `out(err(lambda: read(sys.argv[1] + "/g").decode()))`;
+    t.is(await pyJson(script, [mountFor(which, name)], { ...asUser, groups }), 'for the last group\n');
+    t.is((await pyJson(script, [mountFor(which, name)], { ...asUser, groups: groups.slice(0, -1) })).errno, 'EACCES');
+  },
+  title: (_, which: Which) => `a user in 300 supplementary groups reads through the last one (${MOUNTS[which]})`,
+});
+
+test(manyGroups, 'kernel');
+test(manyGroups, 'host');
 
 test('an ordinary shell session as uid 1000 in its own directory', async (t) => {
   const { m, s } = await ex.subdir('session');

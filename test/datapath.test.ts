@@ -36,6 +36,24 @@ test.afterEach.always(async (t) => {
 
 const GiB = 1024 ** 3;
 
+// One strace at a time can attach to the host agent, and tests in this file run concurrently:
+// traced sections take turns. `stop` ends the trace (and the turn) and returns what it saw.
+let traceTurn: Promise<unknown> = Promise.resolve();
+async function traceHost(syscalls: string[]): Promise<{ stop(): Promise<string> } | null> {
+  const previous = traceTurn;
+  let done!: () => void;
+  traceTurn = new Promise<void>((resolve) => (done = resolve));
+  await previous;
+  try {
+    const trace = await traceSyscalls(ex.host.proc.pid!, syscalls);
+    if (!trace) done();
+    return trace && { stop: () => trace.stop().finally(done) };
+  } catch (err) {
+    done();
+    throw err;
+  }
+}
+
 /**
  * The same test on the default mount and on the writeback-cache mount of the same serve (where the
  * guest kernel keeps written data in its page cache and opens files differently).
@@ -661,7 +679,7 @@ test('fsync: data is in the backing file before close, also with the writeback c
   // them to the storage.
   // Watch the host agent's syscalls: "in the backing file" could be the host's page cache; fsync
   // must reach the storage as fsync/fdatasync of the backing file.
-  const trace = await traceSyscalls(ex.host.proc.pid!, ['fsync', 'fdatasync']);
+  const trace = await traceHost(['fsync', 'fdatasync']);
   const r = await pyJson(`
     m, wbm, s = sys.argv[1:4]
     res = {}
@@ -741,7 +759,9 @@ onBothMounts('fallocate, punch hole, SEEK_DATA and SEEK_HOLE', 'fallocate', asyn
   t.is(g[69632], 0x42);
 });
 
-onBothMounts('copy_file_range copies the right bytes, whole and in ranges', 'cfr', async (t, { m, s }) => {
+onBothMounts('copy_file_range copies the right bytes, whole and in ranges, on the host', 'cfr', async (t, { m, s }) => {
+  // Done on the server side: the host copies with copy_file_range(2), the bytes never cross.
+  const trace = await traceHost(['copy_file_range']);
   const r = await pyJson(`
     m, s = sys.argv[1:3]
     data = os.urandom(3 * 1024 * 1024 + 12345)
@@ -769,6 +789,12 @@ onBothMounts('copy_file_range copies the right bytes, whole and in ranges', 'cfr
   t.true(r.whole);
   t.true(r.backing);
   t.deepEqual(r.range, [5000, 100000, true, true, true, true]);
+  if (trace) {
+    const calls = await trace.stop();
+    t.regex(calls, /copy_file_range\(\d+, \[1000000\], \d+, \[20000\], 5000, 0\) = 5000/, calls);
+  } else {
+    t.log('strace is not installed: not checking that the host did the copy');
+  }
   // cp(1) (which uses copy_file_range where it can) gives an identical file.
   await shOk(`cp ${m}/src ${m}/cp && cmp ${m}/src ${m}/cp`);
 });
@@ -1071,11 +1097,9 @@ test('1 MiB requests (-o max_write=1048576,max_readahead=1048576): large files m
   t.is((await shOk(`dd if=${m}/big bs=4M status=none | sha256sum`)).split(' ')[0], sum);
 });
 
-// BUG (reported): any -o max_read=N makes the mount fail: libfuse aborts the session with "init()
-// and fuse_session_new() requested different maximum read size (0 vs N)", because max_read is
-// passed to fuse_session_new (native/fuse.ts) but the init callback (native/src/fuse_ops.cc) never
-// sets conn->max_read. The background `dirvisor-guest mount` still exits 0 and logs "mounted".
-test.failing('-o max_read=1048576: the mount comes up and reads 1 MiB requests intact', async (t) => {
+// -o max_read=N goes both to the kernel (mount option) and to libfuse's INIT, which must agree;
+// the background `mount` returns only once INIT has been accepted.
+test('-o max_read=1048576: the mount comes up and reads 1 MiB requests intact', async (t) => {
   const { s, name } = await ex.subdir('maxread');
   await fs.writeFile(path.join(s, 'f'), crypto.randomBytes(8 * 1024 * 1024));
   const mnt = path.join(ex.work, 'guest', 'maxread-bg');
@@ -1092,11 +1116,10 @@ test.failing('-o max_read=1048576: the mount comes up and reads 1 MiB requests i
   t.is(await shOk(`cmp ${s}/f ${g.mnt}/${name}/f && echo same`), 'same\n');
 });
 
-// BUG (reported): O_DIRECT reads and writes through the mount fail with EINVAL. The host opens the
-// backing file with O_DIRECT (host-agent/backend/posix.ts OPEN_FLAGS keeps it) and then reads and
-// writes it with buffers that are not aligned as O_DIRECT requires; on the backing file itself the
-// same dd works.
-test.failing('O_DIRECT reads and writes work (dd oflag=direct / iflag=direct)', async (t) => {
+// O_DIRECT is the guest kernel's business (it bypasses its own page cache and sends the caller's
+// I/O as it comes); the host opens the backing file without it, so storage that refuses O_DIRECT
+// (or our unaligned buffers) does not turn it into EINVAL.
+test('O_DIRECT reads and writes work (dd oflag=direct / iflag=direct)', async (t) => {
   const { m, s } = await ex.subdir('odirect');
   const local = await sh(`dd if=/dev/urandom of=${s}/ref bs=1M count=4 status=none && dd if=${s}/ref of=${s}/ref2 bs=1M iflag=direct oflag=direct status=none && cmp ${s}/ref ${s}/ref2 && echo local-ok`);
   t.is(local.stdout, 'local-ok\n', 'O_DIRECT works on the backing directory');
@@ -1105,6 +1128,29 @@ test.failing('O_DIRECT reads and writes work (dd oflag=direct / iflag=direct)', 
   const rd = await sh(`dd if=${m}/direct of=/dev/null bs=1M iflag=direct status=none`);
   t.is(rd.code, 0, `dd iflag=direct through the mount: ${rd.stderr}`);
   t.is(await shOk(`cmp ${s}/ref ${s}/direct && echo same`), 'same\n');
+});
+
+onBothMounts('an O_DIRECT handle bypasses the guest page cache and can still be mmapped, as on a local file system', 'odirect-cache', async (t, { m, s }) => {
+  const r = await pyJson(`
+    m, s = sys.argv[1:3]
+    buf = mmap.mmap(-1, 8192)
+    buf.write(b"A" * 8192)
+    fd = os.open(m + "/f", os.O_CREAT | os.O_RDWR | os.O_DIRECT | os.O_TRUNC, 0o644)
+    res = {"written": os.write(fd, buf)}
+    res["storage_now"] = read(s + "/f")[:4].decode()          # no close, no fsync
+    with open(s + "/f", "r+b") as f: f.write(b"BBBB")           # changed behind the guest's back
+    rb = mmap.mmap(-1, 4096)
+    res["read"] = [os.preadv(fd, [rb], 0), rb[:4].decode()]
+    def shared_map():
+        mm = mmap.mmap(fd, 4096)
+        v = mm[:4].decode()
+        mm.close()
+        return v
+    res["mmap"] = err(shared_map)
+    os.close(fd)
+    out(res)
+  `, [m, s]);
+  t.deepEqual(r, { written: 8192, storage_now: 'AAAA', read: [4096, 'BBBB'], mmap: 'BBBB' });
 });
 
 // ---- a read-only export ---------------------------------------------------------------------------
@@ -1185,6 +1231,35 @@ test('a read-only export: reads work, every change fails with EROFS, storage unt
   const ro_fh = (await call({ open: { node: file.nodeId, flags: 0 } })).envelope.opened!.fh!;
   t.is(await errnoOf(session.request({ write: { node: file.nodeId, fh: ro_fh, offset: 0 }, exportId, caller: { uid: 0, gid: 0, pid: 1 } }, { payload: Buffer.from('x') })), 'EROFS');
   t.is(await fs.readFile(path.join(ro.storage, 'file'), 'utf8'), 'read me\n');
+});
+
+// The mount follows the agent: SIGTERM/SIGINT unmount cleanly, and a SIGKILLed agent leaves no
+// "Transport endpoint is not connected" behind (auto_unmount, the default), unless asked to.
+for (const sig of ['SIGTERM', 'SIGINT', 'SIGKILL'] as const) {
+  test(`the guest agent ended by ${sig}: the mount goes with it`, async (t) => {
+    const g = await mountGuest(ex.host.uri, { token: ex.host.token, mnt: path.join(ex.work, 'guest', `sig-${sig}`) });
+    t.teardown(() => g.unmount());
+    t.is(await shOk(`ls ${g.mnt} >/dev/null && echo ok`), 'ok\n');
+    const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => g.proc.once('exit', (code, signal) => resolve([code, signal])));
+    g.proc.kill(sig);
+    const [code, signal] = await exited;
+    // SIGTERM/SIGINT: a clean exit once unmounted.
+    t.deepEqual([code, signal], sig === 'SIGKILL' ? [null, 'SIGKILL'] : [0, null]);
+    await waitFor(async () => !(await isMounted(g.mnt)), `${g.mnt} to go away`, { timeoutMs: 5000 });
+    t.is((await sh(`ls ${g.mnt}`)).code, 0, 'the mount point is a plain directory again');
+  });
+}
+
+test('-o no_auto_unmount: a SIGKILLed agent leaves its mount, not connected, for fusermount3 -uz', async (t) => {
+  const g = await mountGuest(ex.host.uri, { token: ex.host.token, options: 'no_auto_unmount', mnt: path.join(ex.work, 'guest', 'no-auto') });
+  t.teardown(() => g.unmount());
+  const exited = new Promise((resolve) => g.proc.once('exit', resolve));
+  g.proc.kill('SIGKILL');
+  await exited;
+  t.true(await isMounted(g.mnt));
+  t.regex((await sh(`ls ${g.mnt}`)).stderr, /Transport endpoint is not connected/);
+  await shOk(`fusermount3 -uz ${g.mnt}`);
+  t.false(await isMounted(g.mnt));
 });
 
 test('unmounting ends the guest agent cleanly and leaves no mount', async (t) => {

@@ -17,7 +17,7 @@ import { cacheTimeouts, MountOptionError, parseMountOptions, splitOptions } from
 import { PosixBackend } from '../host-agent/backend/posix.js';
 import { E, FsError } from '../shared/fs/errors.js';
 import type { Caller, FileSystem } from '../shared/fs/interface.js';
-import { fuseArgs } from '../native/fuse.js';
+import { FuseSession, fuseArgs } from '../native/fuse.js';
 import { MemFs } from './helpers/memfs.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -521,6 +521,7 @@ test('mount options: clear errors', (t) => {
   bad('cache=sometimes', /cache' must be one of none, auto, long/);
   bad('attr_timeout=-1', /attr_timeout' must be a number of seconds/);
   bad('max_write=2000000', /max_write' is at most/);
+  bad('max_read=2000000', /max_read' is at most/);
 });
 
 test('a bad mountpoint rejects mount() with its errno', async (t) => {
@@ -530,4 +531,22 @@ test('a bad mountpoint rejects mount() with its errno', async (t) => {
   await fsp.writeFile(path.join(dir, 'file'), '');
   const err2 = await t.throwsAsync(mountFileSystem(new MemFs(), path.join(dir, 'file')));
   t.is((err2 as { errno?: number }).errno, E.ENOTDIR);
+});
+
+test('mount() resolves only once the kernel INIT is accepted: a refused INIT rejects and leaves no mount', async (t) => {
+  const dir = await tempDir(t);
+  const mnt = path.join(dir, 'mnt');
+  await fsp.mkdir(mnt);
+  // libfuse refuses INIT when the max_read mount option and conn->max_read disagree.
+  let exited = false;
+  const s = new FuseSession(mnt, fuseArgs({ maxRead: 65536 }), { maxRead: 0 }, () => undefined, () => (exited = true));
+  const err = await t.throwsAsync(within(s.mount(), 10_000, 'mount()'));
+  t.is((err as { errno?: number }).errno, E.EPROTO);
+  t.true(await waitFor(async () => !(await mounted(mnt)), 5000), 'the half-made mount is taken down');
+  t.true(await waitFor(async () => s.state === 'closed', 5000));
+  t.false(exited, 'no exit callback for a mount that never served');
+  // ...and with both sides agreeing, the same options mount and serve.
+  const { mnt: ok2 } = await mountFs(t, new MemFs(), { maxRead: 65536 });
+  t.true(await mounted(ok2));
+  t.is(await fsp.readdir(ok2).then((l) => l.length), 0);
 });

@@ -88,6 +88,7 @@ class FuseMount implements Mount {
         debug: opts.debug,
       }),
       {
+        maxRead: opts.maxRead,
         maxWrite: opts.maxWrite,
         maxReadahead: opts.maxReadahead,
         maxBackground: opts.maxBackground,

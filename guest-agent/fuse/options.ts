@@ -1,6 +1,6 @@
 // Mount options as the CLI and fstab give them: sshfs-like `-o` words, comma separated.
 //
-//   allow_other  default_permissions  ro | rw  auto_unmount  debug
+//   allow_other  default_permissions  ro | rw  auto_unmount | no_auto_unmount  debug
 //   fsname=NAME  max_read=N  max_write=N  max_readahead=N  max_background=N
 //   entry_timeout=SEC  attr_timeout=SEC  negative_timeout=SEC  cache=none|auto|long
 //   writeback | writeback_cache | no_writeback | no_writeback_cache
@@ -52,14 +52,15 @@ export interface ParsedOptions {
 export const OPTION_HELP = `  allow_other            let other users than the mounting one use the mount
   default_permissions    let the kernel check permissions from file modes
   ro | rw                read-only / read-write mount
-  auto_unmount           unmount by itself if the agent dies (even by SIGKILL)
+  auto_unmount           unmount by itself if the agent dies, even by SIGKILL (the default of
+                         \`dirvisor-guest mount\`; no_auto_unmount keeps a dead mount in place)
   cache=none|auto|long   kernel caching: none; 1 s (default); 1 day, kept coherent by the host
   entry_timeout=SEC      how long names are cached (overrides cache=)
   attr_timeout=SEC       how long attributes are cached (overrides cache=)
   negative_timeout=SEC   how long "no such file" is cached (default 0)
   writeback              let the kernel cache writes and send them later (writeback_cache)
   max_read=N  max_write=N  max_background=N
-                         transfer sizes in bytes (max_write at most 1 MiB) / background requests
+                         transfer sizes in bytes (max_read, max_write at most 1 MiB) / background requests
   max_readahead=N        kernel read-ahead window in bytes (default 4 MiB; needs root)
   fsname=NAME            source shown in /proc/mounts and df
   export=NAME            which of the host's exports to mount (default: the first)
@@ -82,6 +83,7 @@ const BOOLEANS: Record<string, [keyof MountOptions, boolean]> = {
   ro: ['readOnly', true],
   rw: ['readOnly', false],
   auto_unmount: ['autoUnmount', true],
+  no_auto_unmount: ['autoUnmount', false],
   debug: ['debug', true],
   writeback: ['writeback', true],
   writeback_cache: ['writeback', true],
@@ -179,8 +181,10 @@ export function parseMountOptions(input: string | readonly string[], base: Mount
       throw new MountOptionError(`unknown mount option '${word}'`);
     }
   }
-  if (opts.maxWrite !== undefined && opts.maxWrite > 1 << 20)
-    throw new MountOptionError(`mount option 'max_write' is at most ${1 << 20}`);
+  // One request's payload must fit libfuse's 1 MiB receive buffer (and the kernel's 256 pages).
+  for (const [key, v] of [['max_write', opts.maxWrite], ['max_read', opts.maxRead]] as const) {
+    if (v !== undefined && v > 1 << 20) throw new MountOptionError(`mount option '${key}' is at most ${1 << 20}`);
+  }
   if (opts.flags!.length === 0) delete opts.flags;
   return { fuse: opts, agent };
 }

@@ -50,12 +50,15 @@ export interface PosixBackendOptions {
 
 const { S_IFMT, S_IFREG, S_IFDIR, S_IFLNK } = C;
 const W_OK = 2;
+const S_ISUID = 0o4000, S_ISGID = 0o2000;
 const RENAME_FLAGS = C.RENAME_NOREPLACE | C.RENAME_EXCHANGE | C.RENAME_WHITEOUT;
 const XATTR_FLAGS = C.XATTR_CREATE | C.XATTR_REPLACE;
 // Flags a guest open may carry through to the host open. Everything else is dropped: O_CREAT /
 // O_EXCL (create() handles those), O_NOFOLLOW (always implied), O_NOCTTY, O_NOATIME (needs
-// ownership), O_PATH, O_TMPFILE, O_LARGEFILE, O_NONBLOCK (regular files only anyway).
-const OPEN_FLAGS = C.O_ACCMODE | C.O_APPEND | C.O_TRUNC | C.O_DIRECT | C.O_SYNC | C.O_DSYNC;
+// ownership), O_PATH, O_TMPFILE, O_LARGEFILE, O_NONBLOCK (regular files only anyway), and O_DIRECT:
+// the guest kernel already bypasses its own page cache for it, our buffers are not aligned as the
+// host's O_DIRECT requires (EINVAL), and some storage refuses it outright (as virtiofsd drops it).
+const OPEN_FLAGS = C.O_ACCMODE | C.O_APPEND | C.O_TRUNC | C.O_SYNC | C.O_DSYNC;
 // copy_file_range may return short; bound one call so it cannot hold a worker thread for long.
 const MAX_COPY = 1 << 30;
 const MAX_DIR_BATCH = 65536;
@@ -176,7 +179,7 @@ export class PosixBackend implements FileSystem {
       }
       if (set.mode !== undefined) {
         if (n.type === S_IFLNK) throw new FsError(E.EOPNOTSUPP, 'chmod of a symlink');
-        await sys.fchmodfd(n.fd, set.mode & 0o7777, cr);
+        await this.chmod(n, set.mode & 0o7777, cr);
       }
       if (set.size !== undefined) {
         checkOffset(set.size, 'size');
@@ -186,11 +189,7 @@ export class PosixBackend implements FileSystem {
           await this.truncateNode(n, set.size, cr);
         }
       }
-      if (set.atime !== undefined || set.mtime !== undefined) {
-        const [as, an] = utime(set.atime);
-        const [ms, mn] = utime(set.mtime);
-        await sys.utimensfd(n.fd, as, an, ms, mn, cr);
-      }
+      if (set.atime !== undefined || set.mtime !== undefined) await this.setTimes(n, set, fh, cr);
       return toAttr(await sys.fstatat(n.fd));
     });
   }
@@ -513,6 +512,63 @@ export class PosixBackend implements FileSystem {
     if (accmode === C.O_ACCMODE) throw new FsError(E.EINVAL, 'bad access mode');
     if (this.readOnly && (accmode !== C.O_RDONLY || flags & C.O_TRUNC)) throw new FsError(E.EROFS);
     return flags & OPEN_FLAGS;
+  }
+
+  /**
+   * utimensat as the caller. With the writeback cache the guest kernel keeps mtime itself and sends
+   * it as an explicit time, which only an owner may set, where the user did something any writer
+   * may do: utime(NULL) (atime "now" comes along), a truncate, or a close or fsync of an open file
+   * (with its handle). Those get what a local file system would do for that writer.
+   */
+  private async setTimes(n: Node, set: SetAttr, fh: number | undefined, cr: Creds): Promise<void> {
+    const [as, an] = utime(set.atime);
+    const [ms, mn] = utime(set.mtime);
+    try {
+      await sys.utimensfd(n.fd, as, an, ms, mn, cr);
+    } catch (err) {
+      if (errnoOf(err) !== E.EPERM) throw err;
+      if (set.atime === 'now' && set.mtime !== undefined) {
+        await sys.utimensfd(n.fd, 0, C.UTIME_NOW, 0, C.UTIME_NOW, cr); // what the user asked for
+      } else if (set.size !== undefined || (fh !== undefined && (await this.mayWrite(n, cr)))) {
+        await sys.utimensfd(n.fd, as, an, ms, mn); // as the agent: the time of that writer's write
+      } else {
+        throw err;
+      }
+    }
+  }
+
+  /**
+   * chmod as the caller, except that whoever may write a regular file may also drop its set-ID
+   * bits. The guest kernel asks for exactly that, as the writing user, before a write or truncate
+   * by an unprivileged process (libfuse 3.14 cannot negotiate FUSE_HANDLE_KILLPRIV_V2, which would
+   * leave it to us): a local file system drops them as part of that write, so must we.
+   */
+  private async chmod(n: Node, mode: number, cr: Creds): Promise<void> {
+    try {
+      await sys.fchmodfd(n.fd, mode, cr);
+    } catch (err) {
+      if (errnoOf(err) !== E.EPERM || !(await this.onlyDropsSetId(n, mode, cr))) throw err;
+      await sys.fchmodfd(n.fd, mode); // as the agent: the kernel would have done it for this writer
+    }
+  }
+
+  /** Whether `mode` is the file's mode minus set-ID bits, and `cr` may write the file. */
+  private async onlyDropsSetId(n: Node, mode: number, cr: Creds): Promise<boolean> {
+    if (n.type !== S_IFREG) return false;
+    const cur = (await sys.fstatat(n.fd)).mode & 0o7777;
+    const dropped = cur & ~mode;
+    // Which of them a write drops (the guest kernel knows the writer's groups) is its call.
+    if (mode & ~cur || dropped === 0 || dropped & ~(S_ISUID | S_ISGID)) return false;
+    return this.mayWrite(n, cr);
+  }
+
+  private async mayWrite(n: Node, cr: Creds): Promise<boolean> {
+    try {
+      await sys.faccess(n.fd, W_OK, cr);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   private async truncateNode(n: Node, size: number, cr: Creds): Promise<void> {

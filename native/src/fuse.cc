@@ -181,6 +181,7 @@ class FuseSession : public Napi::ObjectWrap<FuseSession> {
     core_->mountpoint = info[0].As<Napi::String>().Utf8Value();
     auto cfg = info[2].As<Napi::Object>();
     if (Num(cfg, "maxWrite") > 0) core_->cfg.maxWrite = static_cast<uint32_t>(Num(cfg, "maxWrite"));
+    core_->cfg.maxRead = static_cast<uint32_t>(Num(cfg, "maxRead"));
     core_->cfg.maxReadahead = static_cast<uint32_t>(Num(cfg, "maxReadahead"));
     core_->cfg.maxBackground = static_cast<uint32_t>(Num(cfg, "maxBackground"));
     core_->cfg.writeback = Flag(cfg, "writeback");
@@ -707,6 +708,7 @@ void FuseSession::OnRequest(Napi::Env env, Request& r) {
 }
 
 void FuseSession::OnExit(Napi::Env env, bool wasMounted) {
+  const bool served = state_ == State::MOUNTED;  // else mount() was rejected: nobody to tell
   if (core_->loop.joinable()) core_->loop.join();  // it has posted its last event
   // The connection is gone: fail what JS has not answered (late replies then return -ENOTCONN).
   for (auto& p : pending_) fuse_reply_err(p.second.req, EIO);
@@ -719,7 +721,7 @@ void FuseSession::OnExit(Napi::Env env, bool wasMounted) {
   }
   state_ = State::CLOSED;
   if (!core_->tsfnClosed) core_->tsfn.Release();  // the loop thread's count
-  if (wasMounted) onExit_.Call({});
+  if (wasMounted && served) onExit_.Call({});
 }
 
 Napi::Value FuseSession::Unmount(const Napi::CallbackInfo& info) {

@@ -95,6 +95,7 @@ struct Request final : Event {
 
 struct SessionConfig {
   uint32_t maxWrite = 1u << 20;
+  uint32_t maxRead = 0;  // 0: no limit; must equal the max_read mount option (libfuse checks)
   uint32_t maxReadahead = 0;   // 0: kernel default
   uint32_t maxBackground = 0;  // 0: libfuse default
   bool writeback = false;
@@ -122,6 +123,7 @@ struct Core {
   bool tsfnCreated = false, tsfnFinalized = false;  // JS thread only
   std::atomic<bool> tsfnClosed{false};  // Node is tearing down: post nothing more
   std::thread loop;
+  bool initSeen = false;  // loop thread only: the kernel's INIT reached ll_init
 
   std::mutex mu;  // guards the notification queue
   std::condition_variable cv;
@@ -131,6 +133,7 @@ struct Core {
 
   void Post(Event* ev);  // from any thread; takes ownership
   void Run();  // loop thread body (fuse_ops.cc)
+  void Serve(bool& announced);  // the request loop; announces the mount once INIT is answered
   bool PushJob(std::unique_ptr<NotifyJob>& job);
   void NotifyLoop();
   void StopNotifier();

@@ -3,11 +3,14 @@
 // and posts a Request to the JS thread; it never waits for JavaScript.
 #include "fuse_internal.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 namespace dvfuse {
@@ -43,6 +46,48 @@ bool NeedsGroups(Op op) {
   }
 }
 
+// The calling thread's supplementary groups, from the "Groups:" line of /proc/PID/task/PID/status
+// (the pid FUSE gives is the thread's). fuse_req_getgroups reads the same file, but starts with a
+// 1 KiB buffer that a status file never fits in, so it opened and read it twice for every request.
+bool ReadGroups(pid_t pid, std::vector<gid_t>& out) {
+  static const char kKey[] = "\nGroups:";
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task/%d/status", pid, pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;  // the process is gone: no groups, as libfuse
+  thread_local std::vector<char> buf(8192);  // the loop thread's; grows for huge group lists
+  size_t len = 0;
+  const char* line = nullptr;  // the Groups line, once read up to its newline
+  const char* eol = nullptr;
+  for (;;) {
+    if (len == buf.size()) buf.resize(buf.size() * 2);
+    ssize_t n = read(fd, buf.data() + len, buf.size() - len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    len += static_cast<size_t>(n);
+    auto it = std::search(buf.begin(), buf.begin() + len, kKey, kKey + sizeof kKey - 1);
+    if (it == buf.begin() + len) continue;
+    auto nl = std::find(it + 1, buf.begin() + len, '\n');
+    if (nl == buf.begin() + len) continue;
+    line = &*it + sizeof kKey - 1;
+    eol = &*nl;
+    break;  // the rest of the file is of no use
+  }
+  close(fd);
+  if (!line) return false;
+  out.clear();
+  for (const char* p = line; p < eol;) {
+    if (*p < '0' || *p > '9') {
+      p++;
+      continue;
+    }
+    unsigned long g = 0;
+    while (p < eol && *p >= '0' && *p <= '9') g = g * 10 + static_cast<unsigned long>(*p++ - '0');
+    out.push_back(static_cast<gid_t>(g));
+  }
+  return true;
+}
+
 void Capture(fuse_req_t req, Request& r) {
   r.req = req;
   const fuse_ctx* ctx = fuse_req_ctx(req);
@@ -51,18 +96,7 @@ void Capture(fuse_req_t req, Request& r) {
   r.pid = ctx->pid;
   r.umask = ctx->umask;
   if (!CoreOf(req)->cfg.groups || !NeedsGroups(r.op) || ctx->pid <= 0) return;
-  gid_t buf[64];
-  int n = fuse_req_getgroups(req, 64, buf);
-  if (n > 64) {  // rare: retry with the size it asked for
-    r.groups.resize(n);
-    int m = fuse_req_getgroups(req, n, r.groups.data());
-    if (m < 0) return;
-    r.groups.resize(std::min(m, n));
-    r.hasGroups = true;
-  } else if (n >= 0) {
-    r.groups.assign(buf, buf + n);
-    r.hasGroups = true;
-  }
+  r.hasGroups = ReadGroups(ctx->pid, r.groups);
 }
 
 // Builds a Request (fill sets the op's arguments) and posts it; ENOMEM if allocation fails.
@@ -96,8 +130,12 @@ void CopyData(Request& r, const char* p, size_t n) {
 }
 
 void ll_init(void* userdata, fuse_conn_info* conn) {
-  const SessionConfig& cfg = static_cast<Core*>(userdata)->cfg;
+  Core* core = static_cast<Core*>(userdata);
+  const SessionConfig& cfg = core->cfg;
+  core->initSeen = true;
   conn->max_write = std::min<uint32_t>(cfg.maxWrite, 1u << 20);  // libfuse also caps it to its buffer
+  // libfuse refuses INIT unless this equals the max_read mount option given to fuse_session_new.
+  conn->max_read = cfg.maxRead;
   if (cfg.maxReadahead) conn->max_readahead = cfg.maxReadahead;
   if (cfg.maxBackground) {
     conn->max_background = cfg.maxBackground;
@@ -409,20 +447,34 @@ void Core::Run() {
   // Signals are blocked only after mounting: fusermount3 (forked above) inherits our mask.
   BlockSignals();
   const bool mounted = err == 0;
-  if (mounted) {
-    {
-      std::lock_guard<std::mutex> lk(mu);
-      notifyOpen = true;
-    }
-    notifier = std::thread(&Core::NotifyLoop, this);
-  }
-  Post(new MountedEvent(err));
-  if (mounted) {
-    // Ends when the kernel aborts the connection: unmounted (by us, fusermount3 -u, umount).
-    fuse_session_loop(se);
-    StopNotifier();
-  }
+  bool announced = false;
+  if (mounted) Serve(announced);
+  // Not announced: INIT failed (libfuse says why on stderr) or the mount went away before it.
+  if (!announced) Post(new MountedEvent(mounted ? EPROTO : err));
+  if (announced) StopNotifier();
   Post(new ExitEvent(mounted));
+}
+
+// fuse_session_loop, plus one step: the kernel's INIT is the first request, and the mount is
+// reported usable only once libfuse has accepted it (it refuses e.g. a max_read mismatch).
+void Core::Serve(bool& announced) {
+  fuse_buf buf{};
+  while (!fuse_session_exited(se)) {
+    int res = fuse_session_receive_buf(se, &buf);
+    if (res == -EINTR) continue;
+    if (res <= 0) break;  // the kernel ended the connection: unmounted (by us, fusermount3 -u, umount)
+    fuse_session_process_buf(se, &buf);
+    if (!announced && initSeen && !fuse_session_exited(se)) {
+      announced = true;
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        notifyOpen = true;
+      }
+      notifier = std::thread(&Core::NotifyLoop, this);
+      Post(new MountedEvent(0));
+    }
+  }
+  free(buf.mem);
 }
 
 bool Core::PushJob(std::unique_ptr<NotifyJob>& job) {
