@@ -99,12 +99,14 @@ export class HostLink extends EventEmitter {
 
   async listExports(): Promise<ExportInfo[]> {
     const f = await (await this.current()).request({ listExports: {} });
-    return (f.envelope.exportList?.exports ?? []).map(toInfo);
+    if (!f.envelope.exportList) throw new FsError(E.EPROTO, `host agent at ${this.opts.uri} answered listExports with ${f.envelope.body ?? 'an unknown message'}, not ExportList`);
+    return (f.envelope.exportList.exports ?? []).map(toInfo);
   }
 
   async mountExport(name: string, session?: Session): Promise<MountedExport> {
     const f = await (session ?? (await this.current())).request({ mountExport: { name } });
-    const r = f.envelope.mountReply!;
+    const r = f.envelope.mountReply;
+    if (!r) throw new FsError(E.EPROTO, `host agent at ${this.opts.uri} answered mountExport with ${f.envelope.body ?? 'an unknown message'}, not MountReply; check that both agents are the same version`);
     return { exportId: r.exportId ?? 0, info: toInfo(r.info ?? {}), root: attrFromWire(r.root) };
   }
 
@@ -131,7 +133,9 @@ export class HostLink extends EventEmitter {
     try {
       this.hello = await sendHello(session, { token: this.opts.token, agent: `dirvisor-guest/${AGENT_VERSION}` });
     } catch (err) {
+      // Release the socket now: a host that does not close its side must not keep it half-open.
       session.close('hello failed');
+      stream.destroy();
       if (err instanceof FsError && err.errno === E.EACCES) {
         throw new FsError(E.EACCES, `host agent at ${this.opts.uri} refused this guest: ${err.message}`);
       }

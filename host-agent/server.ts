@@ -198,12 +198,18 @@ export class HostServer {
         const def = view.exports().find((e) => e.name === name);
         if (!def) throw new FsError(E.ENOENT, `VM ${view.vmName} has no export named "${name}"`);
         const fs = await def.open();
+        let root;
+        try {
+          root = await fs.getattr({ uid: 0, gid: 0, pid: 0 }, ROOT_ID);
+        } catch (err) {
+          await fs.destroy().catch(() => {});
+          throw err;
+        }
         if (conn.session.closed) {
           // The guest went away while the export was being opened: release it, nobody will.
           await fs.destroy();
           throw new FsError(E.ENOTCONN, 'connection closed');
         }
-        const root = await fs.getattr({ uid: 0, gid: 0, pid: 0 }, ROOT_ID);
         const exportId = allocId();
         conn.mounts.set(exportId, { def, fs });
         log.info({ export: name, exportId }, 'export mounted');
