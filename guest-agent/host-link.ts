@@ -50,6 +50,8 @@ export class HostLink extends EventEmitter {
   private waiters: Array<() => void> = [];
   /** Increments on every successful connection. */
   epoch = 0;
+  /** When the last connection was lost, while no new one is up (ms since the epoch); else null. */
+  disconnectedAt: number | null = null;
   hello: HelloResult | null = null;
 
   constructor(private readonly opts: HostLinkOptions) {
@@ -147,9 +149,11 @@ export class HostLink extends EventEmitter {
     }
     this.session = session;
     this.epoch++;
+    this.disconnectedAt = null;
     session.once('close', (reason: string) => {
       if (this.session !== session) return;
       this.session = null;
+      this.disconnectedAt = Date.now();
       if (this.stopped) return;
       this.opts.logger.warn({ reason, uri: this.opts.uri }, 'connection to the host agent lost; reconnecting');
       this.emit('disconnected', reason);

@@ -7,7 +7,7 @@
 // same inode, and a handle is opened again with the same flags (minus O_CREAT/O_EXCL/O_TRUNC).
 //
 // Operations interrupted by a lost connection are retried once the link is back, within a bounded
-// window (then they fail with ENOTCONN): reads, writes at an offset, getattr and the like are safe
+// window counted from the loss of the connection (then they fail with ENOTCONN): reads, writes at an offset, getattr and the like are safe
 // to repeat. Creating and removing operations are repeated too, and a repeat that finds its own
 // earlier effect (EEXIST after mkdir, ENOENT after unlink) counts as success — as NFS clients do.
 import type {
@@ -114,7 +114,10 @@ export class ResilientFileSystem implements FileSystem {
    * the next one and runs it again, until the retry window closes.
    */
   private async run<T>(op: (epoch: number) => Promise<T>, onRepeat?: (err: FsError) => Promise<T> | null): Promise<T> {
-    const deadline = Date.now() + this.retryWindowMs;
+    // The window counts from when the connection was lost, not from each operation: once the host
+    // has been away longer, operations fail at once (ENOTCONN) until it is back, instead of each
+    // one waiting the whole window again.
+    const deadline = (this.hostLink.disconnectedAt ?? Date.now()) + this.retryWindowMs;
     let repeated = false;
     for (;;) {
       const epoch = await this.ready(deadline);
