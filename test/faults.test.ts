@@ -3,7 +3,8 @@
 // while an application writes, every connection reset at once (a proxy between the agents drops
 // them all, as a Firecracker snapshot/restore does), a host that stays away longer than the
 // guest's reconnect window, and a storage node that fills up. Contents are checked by checksum.
-// (The managed agents' restart is in lifecycle.test.ts; per-node deadlines of a frozen storage in
+// The managed agents (`dirvisor-host run` + `dirvisor-guest run`) go through the same restart and
+// reset under a writer. (Their restart with dirvisorctl state is also in lifecycle.test.ts; per-node deadlines of a frozen storage in
 // limits.test.ts; a real CephFS in ceph-*.test.ts.)
 import test, { type ExecutionContext } from 'ava';
 import crypto from 'node:crypto';
@@ -14,6 +15,7 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import {
   startHost, mountGuest, tempDir, removeTree, waitFor, sh, PYTHON, type HostAgent, type GuestMount,
 } from './helpers/agents.js';
+import { createWorld, token as vmToken } from './helpers/daemons.js';
 
 const BLOCK = 64 * 1024;
 const q = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
@@ -320,4 +322,34 @@ test.serial('a storage node that fills up: ENOSPC for the writer, the other expo
   await fs.writeFile(path.join(g1.mnt, 'again.txt'), 'again\n');
   t.is(await fs.readFile(path.join(small, 'again.txt'), 'utf8'), 'again\n', 'writes work again once there is space');
   t.false(/"level":50/.test(await g1.log()), 'no error-level line in the guest (ENOSPC is an answer, not a failure)');
+});
+
+test.serial('managed agents: dirvisor-host run SIGKILLed and restarted, then every connection reset, under a writer: the guest daemon carries on and nothing acknowledged is lost', async (t) => {
+  t.timeout(150_000);
+  const w = await createWorld('dvf-');
+  t.teardown(() => w.cleanup());
+  const node = await w.addNode('n1', 64);
+  await w.writeHostConfig();
+  const tok = vmToken('web1');
+  const target = w.target('data');
+  await w.writeVm('web-1.yaml', { name: 'web-1', identity: { token: tok }, shares: [{ dir: '/projects/data', target, create: true, name: 'data' }] });
+  await w.startHost();
+  // The guest reaches the host through a proxy the test can reset.
+  const proxy = await startProxy(path.join(w.root, 'proxy.sock'), w.hostUri.slice('unix://'.length));
+  t.teardown(() => proxy.close());
+  const guest = await w.startGuest('web-1', tok, { extra: { host: `unix://${proxy.path}` } });
+  await waitFor(async () => (await fs.readFile('/proc/self/mounts', 'utf8')).includes(` ${target} `), `${target} to be mounted`, { timeoutMs: 15_000, details: () => w.logs() });
+  const N = 200;
+  const wr = writer(t, path.join(target, 'data.bin'), N, 1_000_000);
+  await waitFor(() => wr.acked() >= 50 || wr.proc.exitCode !== null, 'the writer to reach block 50', { timeoutMs: 30_000, details: async () => `${wr.err()}\n${await w.logs()}` });
+  await w.host!.kill9();
+  await guest.waitLog((l) => l.msg === 'connection to the host agent lost; reconnecting', 'the guest to notice the host is gone');
+  await w.startHost();
+  await guest.waitLog((l) => l.msg === 'connected to the host agent' && l.epoch === 2, 'the guest to reconnect');
+  await waitFor(() => wr.acked() >= 120 || wr.proc.exitCode !== null, 'the writer to reach block 120', { timeoutMs: 30_000, details: async () => `${wr.err()}\n${await w.logs()}` });
+  t.true(proxy.resetAll() >= 1, 'connections reset');
+  await guest.waitLog((l) => l.msg === 'connected to the host agent' && l.epoch === 3, 'the guest to reconnect after the reset');
+  t.is(await wr.exit, 0, `the writer finished: ${wr.err()}`);
+  await checkFile(t, path.join(node, 'projects/data/data.bin'), N);
+  t.false((await guest.lines()).some((l) => (l.level ?? 0) >= 50), 'the guest logged no error');
 });
