@@ -110,11 +110,15 @@ export class GuestDaemon {
 
   private async mount(name: string, info: ExportInfo, target: string, options: string[]): Promise<void> {
     const mountpoint = await checkMountpoint(target, { create: true });
-    const { fuse } = parseMountOptions(options);
+    const { fuse, agent } = parseMountOptions(options);
     if (info.readOnly) fuse.readOnly = true;
     fuse.cache ??= info.cacheMode as 'long' | 'auto' | 'none';
     const log = this.log.child({ export: name, target: mountpoint });
-    const remote = new ResilientFileSystem(this.link, name, { logger: log, retryWindowMs: this.config.reconnectWindowMs });
+    const remote = new ResilientFileSystem(this.link, name, {
+      logger: log,
+      retryWindowMs: agent.reconnectWindow !== undefined ? agent.reconnectWindow * 1000 : this.config.reconnectWindowMs,
+      requestDeadlineMs: agent.timeout !== undefined ? agent.timeout * 1000 : undefined,
+    });
     await remote.getattr({ uid: 0, gid: 0, pid: 0 }, 1);
     const mount = await mountFileSystem(remote, mountpoint, { ...fuse, fsname: `dirvisor:${name}`, logger: log });
     const active: Active = { name, target: mountpoint, mount };

@@ -50,6 +50,8 @@ export class HostLink extends EventEmitter {
   private waiters: Array<() => void> = [];
   /** Increments on every successful connection. */
   epoch = 0;
+  /** When the last connection was lost, while no new one is up (ms since the epoch); else null. */
+  disconnectedAt: number | null = null;
   hello: HelloResult | null = null;
 
   constructor(private readonly opts: HostLinkOptions) {
@@ -99,12 +101,14 @@ export class HostLink extends EventEmitter {
 
   async listExports(): Promise<ExportInfo[]> {
     const f = await (await this.current()).request({ listExports: {} });
-    return (f.envelope.exportList?.exports ?? []).map(toInfo);
+    if (!f.envelope.exportList) throw new FsError(E.EPROTO, `host agent at ${this.opts.uri} answered listExports with ${f.envelope.body ?? 'an unknown message'}, not ExportList`);
+    return (f.envelope.exportList.exports ?? []).map(toInfo);
   }
 
   async mountExport(name: string, session?: Session): Promise<MountedExport> {
     const f = await (session ?? (await this.current())).request({ mountExport: { name } });
-    const r = f.envelope.mountReply!;
+    const r = f.envelope.mountReply;
+    if (!r) throw new FsError(E.EPROTO, `host agent at ${this.opts.uri} answered mountExport with ${f.envelope.body ?? 'an unknown message'}, not MountReply; check that both agents are the same version`);
     return { exportId: r.exportId ?? 0, info: toInfo(r.info ?? {}), root: attrFromWire(r.root) };
   }
 
@@ -131,7 +135,9 @@ export class HostLink extends EventEmitter {
     try {
       this.hello = await sendHello(session, { token: this.opts.token, agent: `dirvisor-guest/${AGENT_VERSION}` });
     } catch (err) {
+      // Release the socket now: a host that does not close its side must not keep it half-open.
       session.close('hello failed');
+      stream.destroy();
       if (err instanceof FsError && err.errno === E.EACCES) {
         throw new FsError(E.EACCES, `host agent at ${this.opts.uri} refused this guest: ${err.message}`);
       }
@@ -143,9 +149,11 @@ export class HostLink extends EventEmitter {
     }
     this.session = session;
     this.epoch++;
+    this.disconnectedAt = null;
     session.once('close', (reason: string) => {
       if (this.session !== session) return;
       this.session = null;
+      this.disconnectedAt = Date.now();
       if (this.stopped) return;
       this.opts.logger.warn({ reason, uri: this.opts.uri }, 'connection to the host agent lost; reconnecting');
       this.emit('disconnected', reason);

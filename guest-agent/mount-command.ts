@@ -29,7 +29,8 @@ export async function mountRemote(opts: MountCommandOptions): Promise<RunningMou
   const { fuse, agent } = parseMountOptions(opts.options);
   const mountpoint = await checkMountpoint(opts.mountpoint);
   const log = opts.logger.child({ mountpoint });
-  const link = new HostLink({ uri: opts.uri, token: opts.token, logger: log, allowHostCid: opts.allowHostCid });
+  const deadlineMs = agent.timeout !== undefined ? agent.timeout * 1000 : undefined;
+  const link = new HostLink({ uri: opts.uri, token: opts.token, logger: log, allowHostCid: opts.allowHostCid, requestDeadlineMs: deadlineMs });
   const hello = await link.connect();
   log.info({ host: hello.agent, vm: hello.vmName, version: hello.version }, 'connected to host agent');
   let mount: Mount;
@@ -39,7 +40,11 @@ export async function mountRemote(opts: MountCommandOptions): Promise<RunningMou
     if (!name) throw new Error(`the host agent at ${opts.uri} offers no export to this guest`);
     const info = exports.find((e) => e.name === name);
     if (!info) throw new Error(`the host agent at ${opts.uri} has no export named "${name}" for this guest (it offers: ${exports.map((e) => e.name).join(', ') || 'none'})`);
-    const remote = new ResilientFileSystem(link, name, { logger: log });
+    const remote = new ResilientFileSystem(link, name, {
+      logger: log,
+      retryWindowMs: agent.reconnectWindow !== undefined ? agent.reconnectWindow * 1000 : undefined,
+      requestDeadlineMs: deadlineMs,
+    });
     // Mount it on the host now, so a wrong name or a storage problem is reported before FUSE mounts.
     await remote.getattr({ uid: 0, gid: 0, pid: 0 }, 1);
     if (info.readOnly) fuse.readOnly = true;

@@ -7,7 +7,7 @@
 // same inode, and a handle is opened again with the same flags (minus O_CREAT/O_EXCL/O_TRUNC).
 //
 // Operations interrupted by a lost connection are retried once the link is back, within a bounded
-// window (then they fail with ENOTCONN): reads, writes at an offset, getattr and the like are safe
+// window counted from the loss of the connection (then they fail with ENOTCONN): reads, writes at an offset, getattr and the like are safe
 // to repeat. Creating and removing operations are repeated too, and a repeat that finds its own
 // earlier effect (EEXIST after mkdir, ENOENT after unlink) counts as success — as NFS clients do.
 import type {
@@ -21,6 +21,8 @@ import { RemoteFileSystem } from './remote-fs.js';
 
 const INTERNAL: Caller = { uid: 0, gid: 0, pid: 0 };
 const REOPEN_MASK = ~(0o100 | 0o200 | 0o1000); // O_CREAT | O_EXCL | O_TRUNC
+/** Deepest chain of parents found again by name after a reconnection (PATH_MAX / 2: "a/" each). */
+const MAX_RELOOKUP_DEPTH = 2048;
 
 interface NodeRecord {
   parent: number;
@@ -112,14 +114,19 @@ export class ResilientFileSystem implements FileSystem {
    * the next one and runs it again, until the retry window closes.
    */
   private async run<T>(op: (epoch: number) => Promise<T>, onRepeat?: (err: FsError) => Promise<T> | null): Promise<T> {
-    const deadline = Date.now() + this.retryWindowMs;
+    // The window counts from when the connection was lost, not from each operation: once the host
+    // has been away longer, operations fail at once (ENOTCONN) until it is back, instead of each
+    // one waiting the whole window again.
+    const deadline = (this.hostLink.disconnectedAt ?? Date.now()) + this.retryWindowMs;
     let repeated = false;
     for (;;) {
       const epoch = await this.ready(deadline);
       try {
         return await op(epoch);
       } catch (err) {
-        if (err instanceof FsError && err.errno === E.ENOTCONN && Date.now() < deadline) {
+        // Only a connection that really went away is a reason to repeat. An ENOTCONN *reply* from
+        // a live host (a FUSE-based storage mount whose daemon is gone says that) is the answer.
+        if (err instanceof FsError && err.errno === E.ENOTCONN && this.connectionLost(epoch) && Date.now() < deadline) {
           repeated = true;
           continue;
         }
@@ -132,24 +139,38 @@ export class ResilientFileSystem implements FileSystem {
     }
   }
 
+  /** True when the connection `epoch` ran on is gone (closed, or replaced by a newer one). */
+  private connectionLost(epoch: number): boolean {
+    return !this.hostLink.connected || this.hostLink.epoch !== epoch || this.exportEpoch !== epoch;
+  }
+
   // ---- node and handle translation ----
 
-  private async hostNode(id: number, epoch: number): Promise<number> {
+  /**
+   * The host's id for one of our nodes on the connection `epoch`, finding it again by name if it
+   * was known on an earlier one. `chain` holds the nodes whose relookup waits for this one: a
+   * node met twice is a cycle in the remembered parents (directories moved on the storage side),
+   * and a chain deeper than any real path is refused too; both are ESTALE, never a stack overflow.
+   */
+  private async hostNode(id: number, epoch: number, chain: ReadonlySet<number> = new Set()): Promise<number> {
     if (id === ROOT_ID) return ROOT_ID;
     const rec = this.nodes.get(id);
     if (!rec) throw new FsError(E.ESTALE, `node ${id} is not known`);
     if (rec.epoch === epoch) return rec.hostId;
+    if (chain.has(id) || chain.size >= MAX_RELOOKUP_DEPTH) {
+      throw new FsError(E.ESTALE, `${rec.name.toString()} cannot be found again: its remembered parents form a cycle or a chain over ${MAX_RELOOKUP_DEPTH} deep (moved on the storage side); look it up again`);
+    }
     let pending = this.resolving.get(id);
     if (!pending) {
-      pending = this.relookup(id, rec, epoch).finally(() => this.resolving.delete(id));
+      pending = this.relookup(id, rec, epoch, new Set(chain).add(id)).finally(() => this.resolving.delete(id));
       this.resolving.set(id, pending);
     }
     return pending;
   }
 
   /** Finds a node again on a new connection: look its name up under its parent, same inode or ESTALE. */
-  private async relookup(id: number, rec: NodeRecord, epoch: number): Promise<number> {
-    const parent = await this.hostNode(rec.parent, epoch);
+  private async relookup(id: number, rec: NodeRecord, epoch: number, chain: ReadonlySet<number>): Promise<number> {
+    const parent = await this.hostNode(rec.parent, epoch, chain);
     const entry = await this.remote.lookup(INTERNAL, parent, rec.name);
     if (entry.attr.ino !== rec.ino) {
       this.remote.forget([{ nodeId: entry.nodeId, nlookup: 1 }]);

@@ -5,6 +5,7 @@ import { serveDirectory } from './serve.js';
 import { parseIdPairs, type IdMapConfig } from './idmap.js';
 import { startHostDaemon } from './daemon.js';
 import { DEFAULT_CONFIG_PATH } from './config.js';
+import { parseDuration } from './storage/units.js';
 
 const PROGRAM = 'dirvisor-host';
 
@@ -29,6 +30,12 @@ Options:
   --squash MODE    none (default), root (guest root becomes the anonymous user) or all
   --anon-uid N     anonymous uid for squashing (default 65534); --anon-gid N likewise
   --uid-map G:H    map guest uid G to host uid H (repeatable); --gid-map G:H likewise
+  --max-in-flight N   requests served at once per connection (default 256)
+  --max-handles N     open files and directories per connection (default 4096; beyond: EMFILE)
+  --max-fds N         host fds (known nodes + open handles) per VM, all its connections together
+                      (default 16384; beyond: EMFILE/ENFILE). With serve, every guest that
+                      presents the token is the same VM.
+  --storage-timeout D  deadline of one call on the storage (default 60s; then ETIMEDOUT)
 
 Logs are JSON lines on stdout; set DIRVISOR_LOG_LEVEL=debug for more.
 Example:
@@ -61,6 +68,10 @@ async function serve(argv: string[]): Promise<void> {
       'anon-gid': { type: 'string' },
       'uid-map': { type: 'string', multiple: true },
       'gid-map': { type: 'string', multiple: true },
+      'max-in-flight': { type: 'string' },
+      'max-handles': { type: 'string' },
+      'max-fds': { type: 'string' },
+      'storage-timeout': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -83,8 +94,25 @@ async function serve(argv: string[]): Promise<void> {
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
+  const count = (v: string | undefined, flag: string, max: number, min = 1) => {
+    if (v === undefined) return undefined;
+    if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) throw new UsageError(`${flag} must be a whole number from ${min} to ${max}, got "${v}"`);
+    return Number(v);
+  };
+  let storageTimeoutMs: number | undefined;
+  if (values['storage-timeout'] !== undefined) {
+    const d = parseDuration(values['storage-timeout']);
+    if (typeof d === 'string' || d < 100) throw new UsageError(`--storage-timeout must be a duration of at least 100ms such as 30s or 2m, got "${values['storage-timeout']}"`);
+    storageTimeoutMs = d;
+  }
+  const limits = {
+    maxInFlight: count(values['max-in-flight'], '--max-in-flight', 65536),
+    maxHandles: count(values['max-handles'], '--max-handles', 1 << 20),
+    maxFds: count(values['max-fds'], '--max-fds', 1 << 22, 16),
+    storageTimeoutMs,
+  };
   const logger = createLogger(PROGRAM);
-  const server = await serveDirectory({ dir: positionals[0], listen: values.listen, token: values.token, readOnly: values['read-only'], idmap, logger });
+  const server = await serveDirectory({ dir: positionals[0], listen: values.listen, token: values.token, readOnly: values['read-only'], idmap, limits, logger });
   const stop = (signal: string) => {
     logger.info({ signal }, 'stopping');
     server.close().finally(() => process.exit(0));

@@ -48,6 +48,10 @@ export interface StorageConfig {
   };
   /** Deadline of one filesystem call on a node (stat, statfs, mkdir...), in ms. */
   timeoutMs: number;
+  /** Deadline of one file operation a guest makes on a node (storage/guard.ts), in ms. */
+  ioTimeoutMs: number;
+  /** File operations on one node at once, all VMs together (a frozen node holds at most these threads). */
+  maxCallsPerNode: number;
 }
 
 export interface ShareDefaults {
@@ -61,8 +65,14 @@ export interface ShareDefaults {
 }
 
 export interface VmLimits {
+  /** Requests served at once per connection. */
   maxInFlight: number;
+  /** Open handles per export view (connection). */
   maxHandles: number;
+  /** Host fds (known nodes + open handles) per VM, all its connections together. */
+  maxFds: number;
+  /** Requests served at once per VM, all its connections together. */
+  maxVmInFlight: number;
 }
 
 export interface HostConfig {
@@ -104,9 +114,9 @@ export function defaultConfig(source = '(defaults)'): HostConfig {
     controlSocket: '/run/dirvisor/control.sock',
     stateDir: '/var/lib/dirvisor',
     vmsDir: '/etc/dirvisor/vms.d',
-    storage: { nodes: [], placement: { reserve: { percent: 10 }, skipUnreachable: false }, timeoutMs: 5000 },
+    storage: { nodes: [], placement: { reserve: { percent: 10 }, skipUnreachable: false }, timeoutMs: 5000, ioTimeoutMs: 30_000, maxCallsPerNode: 8 },
     defaults: { readOnly: false, squash: 'none', anonUid: 65534, anonGid: 65534, cache: 'long', mountOptions: [] },
-    limits: { maxInFlight: 256, maxHandles: 4096 },
+    limits: { maxInFlight: 256, maxHandles: 4096, maxFds: 16384, maxVmInFlight: 512 },
   };
 }
 
@@ -333,7 +343,7 @@ function listeners(c: Checker, v: unknown, fallback: string[]): string[] {
 }
 
 function storage(c: Checker, v: unknown, d: StorageConfig): StorageConfig {
-  const s = mapping(c, v, ['storage'], ['nodes', 'placement', 'timeout']);
+  const s = mapping(c, v, ['storage'], ['nodes', 'placement', 'timeout', 'io_timeout', 'max_calls_per_node']);
   const p = mapping(c, s.placement, ['storage', 'placement'], ['reserve', 'skip_unreachable']);
   let timeoutMs = d.timeoutMs;
   if (s.timeout !== undefined && s.timeout !== null) {
@@ -342,6 +352,13 @@ function storage(c: Checker, v: unknown, d: StorageConfig): StorageConfig {
     else if (t < 100 || t > 600_000) c.fail(['storage', 'timeout'], `must be between 100ms and 10m, got ${JSON.stringify(s.timeout)}`);
     else timeoutMs = t;
   }
+  let ioTimeoutMs = d.ioTimeoutMs;
+  if (s.io_timeout !== undefined && s.io_timeout !== null) {
+    const t = parseDuration(s.io_timeout);
+    if (typeof t === 'string') c.fail(['storage', 'io_timeout'], t);
+    else if (t < 100 || t > 3_600_000) c.fail(['storage', 'io_timeout'], `must be between 100ms and 1h, got ${JSON.stringify(s.io_timeout)}`);
+    else ioTimeoutMs = t;
+  }
   return {
     nodes: storageNodes(c, s.nodes),
     placement: {
@@ -349,6 +366,8 @@ function storage(c: Checker, v: unknown, d: StorageConfig): StorageConfig {
       skipUnreachable: bool(c, p.skip_unreachable, ['storage', 'placement', 'skip_unreachable'], d.placement.skipUnreachable),
     },
     timeoutMs,
+    ioTimeoutMs,
+    maxCallsPerNode: int(c, s.max_calls_per_node, ['storage', 'max_calls_per_node'], d.maxCallsPerNode, 1, 1024),
   };
 }
 
@@ -438,9 +457,11 @@ function shareDefaults(c: Checker, v: unknown, d: ShareDefaults): ShareDefaults 
 }
 
 function limits(c: Checker, v: unknown, d: VmLimits): VmLimits {
-  const s = mapping(c, v, ['limits'], ['max_in_flight', 'max_handles']);
+  const s = mapping(c, v, ['limits'], ['max_in_flight', 'max_handles', 'max_fds', 'max_vm_in_flight']);
   return {
     maxInFlight: int(c, s.max_in_flight, ['limits', 'max_in_flight'], d.maxInFlight, 1, 65536),
     maxHandles: int(c, s.max_handles, ['limits', 'max_handles'], d.maxHandles, 1, 1 << 20),
+    maxFds: int(c, s.max_fds, ['limits', 'max_fds'], d.maxFds, 16, 1 << 22),
+    maxVmInFlight: int(c, s.max_vm_in_flight, ['limits', 'max_vm_in_flight'], d.maxVmInFlight, 1, 1 << 20),
   };
 }

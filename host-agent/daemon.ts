@@ -8,6 +8,7 @@ import { VmRegistry } from './vms/registry.js';
 import { VmsDirWatcher } from './vms/watch.js';
 import { HostServer } from './server.js';
 import { listenControl } from './control/server.js';
+import { NodeGuard, GuardedFs } from './storage/guard.js';
 import { PosixBackend } from './backend/posix.js';
 import { IdMap, withIdMap } from './idmap.js';
 import { sdNotify, startWatchdog } from '../native/systemd.js';
@@ -24,15 +25,22 @@ export async function startHostDaemon(configFile: string, logger: Logger, opts: 
   const config = await loadConfig(configFile, { missingOk: opts.missingOk });
   logger.info({ config: config.source, nodes: config.storage.nodes.map((n) => n.name), listen: config.listen }, 'configuration loaded');
   const storage = new StorageMap(config.storage, logger.child({ component: 'storage' }));
+  // One guard per storage node, shared by every export view on it (storage/guard.ts).
+  const guards = new Map<string, NodeGuard>();
+  const guardOf = (node: string): NodeGuard => {
+    let g = guards.get(node);
+    if (!g) guards.set(node, (g = new NodeGuard(node, { maxCalls: config.storage.maxCallsPerNode, timeoutMs: config.storage.ioTimeoutMs })));
+    return g;
+  };
   const registry = new VmRegistry({
     stateFile: path.join(config.stateDir, 'state.json'),
     logger: logger.child({ component: 'vms' }),
     defaultCache: config.defaults.cache,
     resolve: (share) => storage.resolve(share.dir, { create: share.create, owner: share.owner, mode: share.mode }),
-    openExport: async (hostPath, share) => {
+    openExport: async (hostPath, share, node) => {
       const backend = await PosixBackend.create(hostPath, { readOnly: share.readOnly || config.defaults.readOnly, logger, maxHandles: config.limits.maxHandles });
       const d = config.defaults;
-      return withIdMap(backend, new IdMap({
+      return withIdMap(new GuardedFs(backend, guardOf(node)), new IdMap({
         squash: share.squash ?? d.squash,
         anonUid: share.anonUid ?? d.anonUid,
         anonGid: share.anonGid ?? d.anonGid,
@@ -42,7 +50,10 @@ export async function startHostDaemon(configFile: string, logger: Logger, opts: 
     },
   });
   await registry.load();
-  const server = new HostServer(registry, logger, { maxInFlight: config.limits.maxInFlight });
+  const server = new HostServer(registry, logger, {
+    maxInFlight: config.limits.maxInFlight,
+    vm: { maxFds: config.limits.maxFds, maxInFlight: config.limits.maxVmInFlight },
+  });
   registry.on('changed', (vm: string) => server.exportsChanged(vm, registry.exportsOf(vm)));
   const watcher = new VmsDirWatcher(config.vmsDir, registry, logger.child({ component: 'vms.d' }));
   await watcher.start();

@@ -10,6 +10,10 @@ import type { Logger } from '../shared/log.js';
 import { HostServer, type Authorizer, type ExportDef } from './server.js';
 import { PosixBackend } from './backend/posix.js';
 import { IdMap, withIdMap, type IdMapConfig } from './idmap.js';
+import { NodeGuard, GuardedFs, DEFAULT_NODE_GUARD } from './storage/guard.js';
+
+/** Open handles per connection (export view) for `serve`, as the managed agent's default. */
+const SERVE_MAX_HANDLES = 4096;
 
 export interface ServeOptions {
   dir: string;
@@ -18,6 +22,8 @@ export interface ServeOptions {
   readOnly?: boolean;
   /** Identity mapping for the one export (default: none). */
   idmap?: IdMapConfig;
+  /** Per connection: maxInFlight, maxHandles; per VM: maxFds; per call on the storage: storageTimeoutMs. */
+  limits?: { maxInFlight?: number; maxHandles?: number; maxFds?: number; storageTimeoutMs?: number };
   logger: Logger;
 }
 
@@ -32,6 +38,8 @@ export async function serveDirectory(opts: ServeOptions): Promise<HostServer> {
       throw new Error(`${uri}: ${addr.transport}:// does not identify the guest, so it needs --token T (any secret; give the same to dirvisor-guest mount)`);
     }
   }
+  const limits = opts.limits ?? {};
+  const guard = new NodeGuard(dir, { ...DEFAULT_NODE_GUARD, ...(limits.storageTimeoutMs ? { timeoutMs: limits.storageTimeoutMs } : {}) });
   const def: ExportDef = {
     name: 'default',
     target: '',
@@ -39,8 +47,9 @@ export async function serveDirectory(opts: ServeOptions): Promise<HostServer> {
     cacheMode: 'auto',
     mountOptions: [],
     open: async () => {
-      const backend = await PosixBackend.create(dir, { readOnly: !!opts.readOnly, logger: opts.logger });
-      return opts.idmap ? withIdMap(backend, new IdMap(opts.idmap)) : backend;
+      const backend = await PosixBackend.create(dir, { readOnly: !!opts.readOnly, logger: opts.logger, maxHandles: limits.maxHandles ?? SERVE_MAX_HANDLES });
+      const guarded = new GuardedFs(backend, guard);
+      return opts.idmap ? withIdMap(guarded, new IdMap(opts.idmap)) : guarded;
     },
   };
   const authorizer: Authorizer = {
@@ -51,7 +60,7 @@ export async function serveDirectory(opts: ServeOptions): Promise<HostServer> {
       return { vmName: 'default', generation: 1, exports: () => [def] };
     },
   };
-  const server = new HostServer(authorizer, opts.logger);
+  const server = new HostServer(authorizer, opts.logger, { maxInFlight: limits.maxInFlight, vm: { maxFds: limits.maxFds } });
   for (const uri of opts.listen) await server.listen(uri);
   opts.logger.info({ dir, readOnly: !!opts.readOnly }, 'serving directory');
   return server;

@@ -12,6 +12,7 @@ import { attrToWire } from '../shared/fs/convert.js';
 import { ROOT_ID } from '../shared/fs/interface.js';
 import { dispatchFsRequest, dispatchForget, callerFromWire, unknownExport } from './fs-dispatch.js';
 import type { pb } from '../shared/rpc/wire.js';
+import { VmLimiter, FdBudgetFs, DEFAULT_VM_LIMITS, type VmLimitOptions } from './limits.js';
 
 export type CacheMode = 'long' | 'auto' | 'none';
 
@@ -63,12 +64,25 @@ export class HostServer {
   private readonly listeners: Listener[] = [];
   private readonly connections = new Set<Connection>();
   private nextConnId = 1;
+  private readonly vmLimiters = new Map<string, VmLimiter>();
 
   constructor(
     private readonly authorizer: Authorizer,
     private readonly log: Logger,
-    private readonly limits: { maxInFlight?: number } = {},
+    /** maxInFlight: per connection; vm: per VM across its connections (host-agent/limits.ts). */
+    private readonly limits: { maxInFlight?: number; vm?: Partial<VmLimitOptions> } = {},
   ) {}
+
+  /** The limits and counters of one VM (created on first use; VMs are few). */
+  vmLimiter(vmName: string): VmLimiter {
+    let l = this.vmLimiters.get(vmName);
+    if (!l) {
+      const given = Object.fromEntries(Object.entries(this.limits.vm ?? {}).filter(([, v]) => v !== undefined));
+      l = new VmLimiter(vmName, { ...DEFAULT_VM_LIMITS, ...given });
+      this.vmLimiters.set(vmName, l);
+    }
+    return l;
+  }
 
   async listen(uri: string): Promise<Listener> {
     const l = await listen(uri, (stream, peer) => this.accept(stream, peer));
@@ -126,8 +140,10 @@ export class HostServer {
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.listeners.splice(0).map((l) => l.close()));
+    // Stop accepting, then drop the connections: closing a listener waits for its connections.
+    const closing = Promise.all(this.listeners.splice(0).map((l) => l.close()));
     this.dropAll('host agent stopping');
+    await closing;
   }
 
   private accept(stream: Duplex, peer: PeerIdentity): void {
@@ -197,13 +213,26 @@ export class HostServer {
         const name = req.envelope.mountExport!.name ?? '';
         const def = view.exports().find((e) => e.name === name);
         if (!def) throw new FsError(E.ENOENT, `VM ${view.vmName} has no export named "${name}"`);
-        const fs = await def.open();
+        const opened = await def.open();
+        let fs: FileSystem;
+        try {
+          fs = new FdBudgetFs(opened, this.vmLimiter(view.vmName));
+        } catch (err) {
+          await opened.destroy().catch(() => {});
+          throw err;
+        }
+        let root;
+        try {
+          root = await fs.getattr({ uid: 0, gid: 0, pid: 0 }, ROOT_ID);
+        } catch (err) {
+          await fs.destroy().catch(() => {});
+          throw err;
+        }
         if (conn.session.closed) {
           // The guest went away while the export was being opened: release it, nobody will.
           await fs.destroy();
           throw new FsError(E.ENOTCONN, 'connection closed');
         }
-        const root = await fs.getattr({ uid: 0, gid: 0, pid: 0 }, ROOT_ID);
         const exportId = allocId();
         conn.mounts.set(exportId, { def, fs });
         log.info({ export: name, exportId }, 'export mounted');
@@ -220,7 +249,7 @@ export class HostServer {
       default: {
         const m = conn.mounts.get(req.envelope.exportId);
         if (!m) throw unknownExport(req.envelope.exportId);
-        const reply = await dispatchFsRequest(m.fs, req, callerFromWire(req.envelope.caller));
+        const reply = await this.vmLimiter(view.vmName).run(() => dispatchFsRequest(m.fs, req, callerFromWire(req.envelope.caller)));
         if (!reply) throw new FsError(E.ENOSYS, `${req.kind} is not a request the host serves`);
         return reply;
       }

@@ -32,9 +32,9 @@ test('an empty file gives the defaults', (t) => {
   t.is(c.controlSocket, '/run/dirvisor/control.sock');
   t.is(c.stateDir, '/var/lib/dirvisor');
   t.is(c.vmsDir, '/etc/dirvisor/vms.d');
-  t.deepEqual(c.storage, { nodes: [], placement: { reserve: { percent: 10 }, skipUnreachable: false }, timeoutMs: 5000 });
+  t.deepEqual(c.storage, { nodes: [], placement: { reserve: { percent: 10 }, skipUnreachable: false }, timeoutMs: 5000, ioTimeoutMs: 30_000, maxCallsPerNode: 8 });
   t.deepEqual(c.defaults, { readOnly: false, squash: 'none', anonUid: 65534, anonGid: 65534, cache: 'long', mountOptions: [] });
-  t.deepEqual(c.limits, { maxInFlight: 256, maxHandles: 4096 });
+  t.deepEqual(c.limits, { maxInFlight: 256, maxHandles: 4096, maxFds: 16384, maxVmInFlight: 512 });
 });
 
 test('the packaged host.yaml loads as the defaults, and its commented settings are exactly the defaults', async (t) => {
@@ -79,6 +79,8 @@ storage:
     reserve: 500MB
     skip_unreachable: true
   timeout: 750ms
+  io_timeout: 2m
+  max_calls_per_node: 4
 defaults:
   read_only: true
   squash: root
@@ -89,6 +91,8 @@ defaults:
 limits:
   max_in_flight: 64
   max_handles: 100
+  max_fds: 2000
+  max_vm_in_flight: 32
 `, '/etc/dirvisor/host.yaml');
   t.is(c.source, '/etc/dirvisor/host.yaml');
   t.deepEqual(c.listen, ['vsock://any:6000', 'unix:///run/dirvisor/guests.sock', 'hvsock:///var/lib/fc/vm1.vsock:6000']);
@@ -101,8 +105,10 @@ limits:
   ]);
   t.deepEqual(c.storage.placement, { reserve: { bytes: 500e6 }, skipUnreachable: true });
   t.is(c.storage.timeoutMs, 750);
+  t.is(c.storage.ioTimeoutMs, 120_000);
+  t.is(c.storage.maxCallsPerNode, 4);
   t.deepEqual(c.defaults, { readOnly: true, squash: 'root', anonUid: 1000, anonGid: 0, cache: 'none', mountOptions: ['allow_other', 'max_read=131072'] });
-  t.deepEqual(c.limits, { maxInFlight: 64, maxHandles: 100 });
+  t.deepEqual(c.limits, { maxInFlight: 64, maxHandles: 100, maxFds: 2000, maxVmInFlight: 32 });
 });
 
 test('small conveniences: one listener as a string, a reserve in bytes, "/" as a catch-all prefix, a timeout in seconds', (t) => {
@@ -188,8 +194,10 @@ test('share defaults and limits are checked', (t) => {
   refuses(t, 'defaults:\n  read_only: "false"\n', 'host.yaml:2: defaults.read_only: must be true or false, got "false"');
   refuses(t, 'defaults:\n  mount_options: [ "allow_other,ro" ]\n', /^host\.yaml:2: defaults\.mount_options\[0\]: must be one mount option such as allow_other/);
   refuses(t, 'limits:\n  max_in_flight: 0\n', 'host.yaml:2: limits.max_in_flight: must be a whole number from 1 to 65536, got 0');
+  refuses(t, 'limits:\n  max_fds: 3\n', 'host.yaml:2: limits.max_fds: must be a whole number from 16 to 4194304, got 3');
+  refuses(t, 'storage:\n  io_timeout: 10ms\n', 'host.yaml:2: storage.io_timeout: must be between 100ms and 1h, got "10ms"');
   refuses(t, 'limits:\n  max_handles: 1.5\n', 'host.yaml:2: limits.max_handles: must be a whole number from 1 to 1048576, got 1.5');
-  refuses(t, 'limits: 10\n', 'host.yaml:1: limits: must be a mapping of max_in_flight, max_handles, got 10');
+  refuses(t, 'limits: 10\n', 'host.yaml:1: limits: must be a mapping of max_in_flight, max_handles, max_fds, max_vm_in_flight, got 10');
 });
 
 test('YAML mistakes are reported with their line', (t) => {

@@ -242,7 +242,7 @@ test.serial('100,000 requests pipelined without reading the replies, then read: 
 // pipelines requests and does not read its replies makes the host take all of them and queue every
 // reply (measured: ~430 MB for 100,000 getattr; the reply backlog counts 64 bytes per reply, so its
 // 8 MiB cap never triggers for small replies).
-test.serial.failing('BUG serve has no in-flight limit: 100,000 pipelined requests from a client that does not read keep the host under 150 MB of growth', async (t) => {
+test.serial('BUG serve has no in-flight limit: 100,000 pipelined requests from a client that does not read keep the host under 150 MB of growth', async (t) => {
   t.timeout(120_000);
   const host = await freshHost(t);
   const c = await mounted(t, host);
@@ -267,7 +267,7 @@ test.serial.failing('BUG serve has no in-flight limit: 100,000 pipelined request
 // its replies are all served and all their data is queued in the host (measured: ~1 GB; with 2,000 reads
 // of 4 MiB, 4.3 GB while blocked and 8 GB peak). The design bound would be 256 in flight x 1 MiB + the
 // 8 MiB reply backlog, about 270 MB.
-test.serial.failing('BUG serve has no in-flight limit: 1,000 reads of 1 MiB from a client that does not read keep the host under 300 MB of growth', async (t) => {
+test.serial('BUG serve has no in-flight limit: 1,000 reads of 1 MiB from a client that does not read keep the host under 300 MB of growth', async (t) => {
   t.timeout(120_000);
   const host = await freshHost(t);
   const c = await mounted(t, host);
@@ -299,12 +299,10 @@ test.serial('another VM keeps its latency while a busy VM keeps 256 requests in 
   t.true(host.alive());
 });
 
-// GAP (one VM can starve another): the host has no per-VM or per-connection fairness, and in `serve`
-// no in-flight limit at all (see above). A connection that keeps tens of thousands of getattr in
-// flight, reading its replies, pushes another connection's round trips from ~0.2 ms to around a
-// second or more (measured p99 0.75-1.8 s); with 1 MiB reads instead, the other VM's requests time
-// out after 5 s and the host's RSS passes 9 GB.
-test.serial.failing('GAP no fairness between VMs: another VM keeps p99 < 500 ms while one connection keeps 100,000 requests in flight', async (t) => {
+// Was a GAP (one VM could starve another): `serve` had no in-flight limit, and a connection keeping
+// tens of thousands of getattr in flight pushed another's round trips to around a second (measured
+// p99 0.75-1.8 s). Now each connection is served at most 256 requests at once (and each VM 512).
+test.serial('GAP no fairness between VMs: another VM keeps p99 < 500 ms while one connection keeps 100,000 requests in flight', async (t) => {
   t.timeout(120_000);
   const host = await freshHost(t);
   const other = await otherVm(t, host);
@@ -383,16 +381,15 @@ async function openFileLimit(pid: number): Promise<string> {
   return /Max open files\s+(\d+|unlimited)/.exec(limits)?.[1] ?? '?';
 }
 
-// `serve` has no option for its limits: PosixBackend's maxHandles (65536 per export view) and maxNodes
-// (1,048,576) are the defaults, above the process's RLIMIT_NOFILE on most machines, so the kernel's
-// EMFILE comes first. (The managed agent, `dirvisor-host run`, reads limits.max_handles from host.yaml.)
+// `serve` limits each export view to 4096 open handles (--max-handles) and each VM to 16384 fds
+// (--max-fds); the managed agent reads limits.max_handles and limits.max_fds from host.yaml.
 test.serial('opening handles until refused: EMFILE/ENFILE, the host stays up, and everything is released with the connection', async (t) => {
   t.timeout(120_000);
   const host = await freshHost(t);
   const c = await mounted(t, host);
   const node = Number((await c.call({ lookup: { parent: 1, name: B('f0') } })).envelope.entry!.entry!.nodeId);
   const { opened, errno } = await openUntilRefused(c, node);
-  t.log(`refused after ${opened} open handles with ${errnoName(errno)}; the host's RLIMIT_NOFILE is ${await openFileLimit(host.pid)}, the backend's default maxHandles 65536 (not configurable with serve)`);
+  t.log(`refused after ${opened} open handles with ${errnoName(errno)}; the host's RLIMIT_NOFILE is ${await openFileLimit(host.pid)}, serve's default --max-handles 4096`);
   t.true(errno === E.EMFILE || errno === E.ENFILE, `refused with ${errnoName(errno)}`);
   t.true(host.alive());
   c.close();
@@ -400,10 +397,11 @@ test.serial('opening handles until refused: EMFILE/ENFILE, the host stays up, an
   t.true((await canary(host)) < 2000, 'after the offender is gone, others are served');
 });
 
-// GAP (limits per VM): nothing bounds the fds one VM makes the host hold (open handles, looked-up
-// nodes, or simply mountExport again and again: each mount opens a new backend view), so one VM can
-// use up the host's RLIMIT_NOFILE and every other VM's mount, lookup and open fails with EMFILE.
-test.serial.failing('GAP no per-VM fd budget: while one VM holds all the handles it can get, another VM can still mount and read', async (t) => {
+// Was a GAP (limits per VM): nothing bounded the fds one VM made the host hold, so one VM could use
+// up the host's RLIMIT_NOFILE. Now each export view holds at most 4096 handles (serve --max-handles)
+// and each VM at most 16384 fds (--max-fds; test/limits.test.ts checks the budget across
+// connections, with two VMs).
+test.serial('GAP no per-VM fd budget: while one VM holds all the handles it can get, another VM can still mount and read', async (t) => {
   t.timeout(120_000);
   const host = await freshHost(t);
   const c = await mounted(t, host);

@@ -41,6 +41,10 @@ export interface MountOptions {
 export interface AgentOptions {
   /** Which export to mount (default: the first the host offers). */
   export?: string;
+  /** Seconds an operation waits for a lost host agent before failing with ENOTCONN. */
+  reconnectWindow?: number;
+  /** Seconds one request may take on the wire before failing with ETIMEDOUT (fsync, copy 4x). */
+  timeout?: number;
 }
 
 export interface ParsedOptions {
@@ -64,6 +68,9 @@ export const OPTION_HELP = `  allow_other            let other users than the mo
   max_readahead=N        kernel read-ahead window in bytes (default 4 MiB; needs root)
   fsname=NAME            source shown in /proc/mounts and df
   export=NAME            which of the host's exports to mount (default: the first)
+  reconnect_window=SEC   how long operations wait for a lost host agent, then ENOTCONN (default 30)
+  timeout=SEC            deadline of one request to the host, then ETIMEDOUT (default 60;
+                         fsync and copy_file_range 4x)
   debug                  libfuse request trace on stderr
   nodev nosuid noexec noatime relatime sync dirsync ...
                          generic mount flags, passed to the kernel
@@ -172,6 +179,12 @@ export function parseMountOptions(input: string | readonly string[], base: Mount
       opts.fsname = needValue();
     } else if (key === 'export') {
       agent.export = needValue();
+    } else if (key === 'reconnect_window' || key === 'timeout') {
+      const v = needValue();
+      const n = Number(v);
+      if (!/^\d+(\.\d+)?$/.test(v) || !Number.isFinite(n) || (key === 'timeout' && n < 0.1))
+        throw new MountOptionError(`mount option '${key}' must be a number of seconds${key === 'timeout' ? ' of at least 0.1' : ' >= 0'}, got '${v}'`);
+      agent[key === 'timeout' ? 'timeout' : 'reconnectWindow'] = n;
     } else if (PASSTHROUGH.has(key)) {
       noValue();
       if (!opts.flags!.includes(key)) opts.flags!.push(key);

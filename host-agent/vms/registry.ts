@@ -38,7 +38,8 @@ export interface RegistryOptions {
   stateFile: string;
   logger: Logger;
   resolve(share: ShareSpec): Promise<Resolution>;
-  openExport(hostPath: string, share: ShareSpec): Promise<FileSystem>;
+  /** Opens a view of a resolved share; `node` names the storage node that holds it. */
+  openExport(hostPath: string, share: ShareSpec, node: string): Promise<FileSystem>;
   defaultCache: CacheMode;
 }
 
@@ -187,7 +188,7 @@ export class VmRegistry extends EventEmitter implements Authorizer {
         readOnly: share.readOnly,
         cacheMode: share.cache ?? this.opts.defaultCache,
         mountOptions: [],
-        open: () => this.opts.openExport(resolution!.hostPath, share),
+        open: () => this.opts.openExport(resolution!.hostPath, share, resolution!.node),
       }));
   }
 

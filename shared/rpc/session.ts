@@ -74,7 +74,10 @@ export class Session extends EventEmitter {
 
   constructor(readonly stream: Duplex, options: SessionOptions) {
     super();
-    this.opts = { keepaliveMs: 15_000, defaultDeadlineMs: 60_000, maxIncoming: 256, maxOutgoing: 1024, ...options };
+    // Options given as undefined keep their defaults (a spread would let `maxIncoming: undefined`
+    // replace the default and leave the session with no in-flight limit at all).
+    const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as SessionOptions;
+    this.opts = { keepaliveMs: 15_000, defaultDeadlineMs: 60_000, maxIncoming: 256, maxOutgoing: 1024, ...given };
     this.log = options.logger;
     this.limits = options.limits ?? { maxEnvelope: DEFAULT_MAX_ENVELOPE, maxPayload: DEFAULT_MAX_PAYLOAD };
     this.decoder = new FrameDecoder(this.limits, sharedPool);
@@ -281,7 +284,7 @@ export class Session extends EventEmitter {
     this.forgetPending(id, entry);
     if (kind === 'error') {
       const e = frame.envelope.error!;
-      entry.reject(new FsError(e.errno || E.EIO, e.message || undefined));
+      entry.reject(new FsError(wireErrno(e.errno), e.message || undefined));
     } else {
       entry.resolve(frame);
     }
@@ -341,6 +344,11 @@ export class Session extends EventEmitter {
     for (const w of this.slotWaiters.splice(0)) w();
     this.emit('close', reason, error);
   }
+}
+
+/** An errno from the wire as a valid Linux errno (1-4095); anything else (0, negative, huge) is EIO. */
+export function wireErrno(errno: number | null | undefined): number {
+  return typeof errno === 'number' && Number.isInteger(errno) && errno > 0 && errno < 4096 ? errno : E.EIO;
 }
 
 export function bodyKind(body: EnvelopeInit): BodyKind {

@@ -420,17 +420,22 @@ export interface StartHostOptions {
   workDir?: string;
   env?: NodeJS.ProcessEnv;
   timeoutMs?: number;
+  /** Listen on this socket (default: a new one in workDir); a restarted host reuses its URI so. */
+  socketPath?: string;
+  /** More `serve` arguments (limits, timeouts). */
+  args?: string[];
 }
 
 export async function startHost(opts: StartHostOptions): Promise<HostAgent> {
   const ownWork = opts.workDir === undefined;
   const work = opts.workDir ?? (await tempDir('dirvisor-e2e-host-'));
   const token = opts.token ?? crypto.randomBytes(12).toString('hex');
-  const socketPath = path.join(work, `host-${crypto.randomBytes(3).toString('hex')}.sock`);
+  const socketPath = opts.socketPath ?? path.join(work, `host-${crypto.randomBytes(3).toString('hex')}.sock`);
   const uri = `unix://${socketPath}`;
   const logFile = path.join(work, `${path.basename(socketPath, '.sock')}.log`);
   const args = [HOST_BIN, 'serve', opts.dir, '--listen', uri, '--token', token];
   if (opts.readOnly) args.push('--read-only');
+  args.push(...(opts.args ?? []));
   const proc = spawnLogged(args, logFile, opts.env);
   const log = () => readTail(logFile);
   try {

@@ -1,0 +1,119 @@
+// Storage faults on a real CephFS node (../shared/ceph, "Fault injection recipes"), with the
+// managed agents: a VM has one share on CephFS and one on a tmpfs node of the same host agent.
+// - a directory quota is hit: writes fail with EDQUOT, the other share is not affected, and writes
+//   work again once the quota is lifted;
+// - the storage freezes (the OSD stopped: CephFS calls block in the kernel, with no timeout of their
+//   own): the guest's operations on that share fail with ETIMEDOUT after the host's io_timeout, the
+//   calls stuck in the frozen mount stay within max_calls_per_node (the host's I/O threads are not
+//   used up), the other share keeps its speed, and service resumes when the OSD is back.
+import test from 'ava';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { cephAvailability, ensureCephInstalled, startCeph, type CephCluster } from './helpers/ceph.js';
+import { createWorld, token, waitFor, isMounted, sh, shOk, q } from './helpers/daemons.js';
+
+const avail = cephAvailability();
+if (!avail.ok) console.warn(`ceph-faults: skipped: ${avail.reason}`);
+const cephTest = avail.ok ? test.serial : test.serial.skip;
+const title = (t: string) => (avail.ok ? t : `${t} (skipped: ${avail.reason})`);
+
+let ceph: CephCluster | undefined;
+
+test.before(async (t) => {
+  if (!avail.ok) return;
+  t.timeout(20 * 60_000, 'installing Ceph and starting the cluster took more than 20 minutes');
+  await ensureCephInstalled((line) => t.log(line));
+  ceph = await startCeph();
+});
+
+test.after.always(async () => {
+  if (ceph) await ceph.down();
+});
+
+cephTest(title('CephFS quota hit and OSD frozen: EDQUOT, then ETIMEDOUT within the io_timeout with the other share unaffected, then service resumes'), async (t) => {
+  t.timeout(5 * 60_000);
+  const c = ceph!;
+  const w = await createWorld('dvx-');
+  t.teardown(() => w.cleanup());
+  const small = await w.addNode('small', 16);
+  await w.writeHostConfig({
+    storage: {
+      placement: { reserve: '1MiB' },
+      nodes: [
+        { name: 'small', path: small, prefixes: ['/small'] },
+        { name: 'cephfs', path: c.mount, prefixes: ['/ceph'] },
+      ],
+      io_timeout: '2s',
+      max_calls_per_node: 3,
+    },
+  });
+  const tok = token('cfv');
+  const cephTarget = w.target('ceph');
+  const smallTarget = w.target('small');
+  const cephDir = `/ceph/${path.basename(w.root)}`;
+  await w.writeVm('cfv.yaml', {
+    name: 'cfv',
+    identity: { token: tok },
+    shares: [
+      { dir: cephDir, target: cephTarget, name: 'ceph', create: true },
+      { dir: '/small/data', target: smallTarget, name: 'small', create: true },
+    ],
+  });
+  await w.startHost();
+  await w.startGuest('cfv', tok);
+  t.true(await isMounted(cephTarget));
+  t.true(await isMounted(smallTarget));
+  const hostDir = path.join(c.mount, cephDir.slice(1));
+  t.teardown(() => sh(`rm -rf ${q(hostDir)}`, { timeoutMs: 60_000 }).then(() => undefined));
+  await shOk(`echo base > ${q(path.join(cephTarget, 'base.txt'))}`);
+
+  // ---- quota ----
+  await shOk(`setfattr -n ceph.quota.max_bytes -v 4000000 ${q(hostDir)}`);
+  const quota = await sh(`dd if=/dev/zero of=${q(path.join(cephTarget, 'big'))} bs=1M count=16 conv=fsync`, { timeoutMs: 60_000 });
+  t.log(`dd of 16 MiB under a 4 MB quota: exit ${quota.code}: ${quota.stderr.trim().split('\n')[0]}`);
+  t.not(quota.code, 0);
+  t.regex(quota.stderr, /Disk quota exceeded/, 'EDQUOT reaches the application');
+  await shOk(`echo fine > ${q(path.join(smallTarget, 'fine.txt'))}`);
+  t.is(await fs.readFile(path.join(small, 'small/data/fine.txt'), 'utf8'), 'fine\n', 'the other share is not affected');
+  await shOk(`setfattr -n ceph.quota.max_bytes -v 0 ${q(hostDir)}`);
+  await shOk(`rm -f ${q(path.join(cephTarget, 'big'))}`);
+  await waitFor(async () => (await sh(`dd if=/dev/zero of=${q(path.join(cephTarget, 'after-quota'))} bs=1M count=6 conv=fsync`, { timeoutMs: 60_000 })).code === 0,
+    'writes beyond the old quota to work once it is lifted', { timeoutMs: 30_000, details: () => w.logs() });
+
+  // ---- freeze ----
+  const osdPid = Number((await fs.readFile(path.join(c.workdir, 'pids/osd'), 'utf8')).trim());
+  process.kill(osdPid, 'SIGSTOP');
+  let thawed = false;
+  const thaw = () => {
+    if (!thawed) process.kill(osdPid, 'SIGCONT');
+    thawed = true;
+  };
+  t.teardown(thaw);
+  // Eight writers with fsync, in parallel, on the frozen share: more than max_calls_per_node (3).
+  const t0 = Date.now();
+  const frozen = Array.from({ length: 8 }, (_, i) =>
+    sh(`dd if=/dev/urandom of=${q(path.join(cephTarget, `frozen-${i}`))} bs=256k count=4 conv=fsync`, { timeoutMs: 120_000 }).then((r) => ({ ...r, ms: Date.now() - t0 })));
+  // Meanwhile the other share keeps working, quickly.
+  const fast: number[] = [];
+  for (let i = 0; i < 20; i++) {
+    const s0 = Date.now();
+    await shOk(`echo ${i} > ${q(path.join(smallTarget, `during-${i}`))} && cat ${q(path.join(smallTarget, `during-${i}`))} > /dev/null`, { timeoutMs: 10_000 });
+    fast.push(Date.now() - s0);
+  }
+  const results = await Promise.all(frozen);
+  t.log(`frozen share: ${results.map((r) => `exit ${r.code} after ${r.ms} ms (${r.stderr.trim().split('\n').pop()})`).join('; ')}`);
+  t.log(`other share during the freeze: slowest of 20 write+read ${Math.max(...fast)} ms`);
+  t.true(results.every((r) => r.code !== 0), 'every writer on the frozen share fails');
+  t.true(results.every((r) => /Connection timed out/.test(r.stderr)), 'with ETIMEDOUT');
+  t.true(Math.max(...results.map((r) => r.ms)) < 60_000, 'within a bounded time (io_timeout 2 s, fsync 4x, waits for a slot included)');
+  t.true(Math.max(...fast) < 5000, 'the other share is not held up by the frozen node');
+  const status = await w.status();
+  t.log(`status during the freeze: ${JSON.stringify(status).slice(0, 300)}`);
+
+  // ---- thaw ----
+  thaw();
+  await waitFor(async () => (await sh(`dd if=/dev/zero of=${q(path.join(cephTarget, 'after-thaw'))} bs=256k count=4 conv=fsync`, { timeoutMs: 60_000 })).code === 0,
+    'writes on the CephFS share to work again after the OSD is back', { timeoutMs: 60_000, details: () => w.logs() });
+  t.is(await shOk(`cat ${q(path.join(cephTarget, 'base.txt'))}`), 'base\n');
+  t.is((await fs.stat(path.join(hostDir, 'after-thaw'))).size, 1 << 20, 'on the storage');
+});
