@@ -10,6 +10,8 @@ import type { Logger } from '../shared/log.js';
 import { HostServer, type Authorizer, type ExportDef } from './server.js';
 import { PosixBackend } from './backend/posix.js';
 import { IdMap, withIdMap, type IdMapConfig } from './idmap.js';
+import { CoherenceHub } from './coherence/hub.js';
+import { withIdentity } from './coherence/identity.js';
 
 export interface ServeOptions {
   dir: string;
@@ -18,6 +20,8 @@ export interface ServeOptions {
   readOnly?: boolean;
   /** Identity mapping for the one export (default: none). */
   idmap?: IdMapConfig;
+  /** Directories the coherence hub watches at most (default: up to the kernel's limit). */
+  maxWatches?: number;
   logger: Logger;
 }
 
@@ -36,11 +40,13 @@ export async function serveDirectory(opts: ServeOptions): Promise<HostServer> {
     name: 'default',
     target: '',
     readOnly: !!opts.readOnly,
-    cacheMode: 'auto',
+    // Guests cache for long: the host pushes what changes (coherence/), and the guest revalidates
+    // after its revalidation interval what pushing cannot see.
+    cacheMode: 'long',
     mountOptions: [],
     open: async () => {
       const backend = await PosixBackend.create(dir, { readOnly: !!opts.readOnly, logger: opts.logger });
-      return opts.idmap ? withIdMap(backend, new IdMap(opts.idmap)) : backend;
+      return withIdentity(opts.idmap ? withIdMap(backend, new IdMap(opts.idmap)) : backend, backend);
     },
   };
   const authorizer: Authorizer = {
@@ -51,7 +57,7 @@ export async function serveDirectory(opts: ServeOptions): Promise<HostServer> {
       return { vmName: 'default', generation: 1, exports: () => [def] };
     },
   };
-  const server = new HostServer(authorizer, opts.logger);
+  const server = new HostServer(authorizer, opts.logger, {}, new CoherenceHub({ logger: opts.logger, maxWatches: opts.maxWatches }));
   for (const uri of opts.listen) await server.listen(uri);
   opts.logger.info({ dir, readOnly: !!opts.readOnly }, 'serving directory');
   return server;

@@ -25,7 +25,6 @@ const KNOWN: Array<[RegExp, string]> = [
   [/cannot encode frame/, 'hostile.test.ts: a read larger than the frame limit -> EIO plus an error log line'],
   [/reading 'exportId'/, 'fuzz.test.ts: HostLink.mountExport with a reply of the wrong type -> TypeError'],
   [/Maximum call stack size exceeded/, 'fuzz.test.ts: ResilientFileSystem parent cycle -> stack overflow'],
-  [/an fd leak/, 'hostile.test.ts: a mountExport in flight when the connection closes leaks its export view'],
 ];
 
 test('fuzz: 20,000 frames into the host agent and 20,000 into the guest stack, fixed seed', async (t) => {
