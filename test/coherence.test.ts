@@ -40,10 +40,9 @@ class Watcher {
   }
 
   static async start(dir: string): Promise<Watcher> {
-    const p = spawn('inotifywait', ['-m', '-q', '--format', '%e|%f', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn('inotifywait', ['-m', '--format', '%e|%f', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
     const w = new Watcher(p);
-    // -q drops "Watches established"; wait until a probe event shows the watch is there.
-    await sleep(200);
+    await watchesEstablished(p);
     return w;
   }
 
@@ -66,6 +65,19 @@ class Watcher {
   stop(): void {
     this.proc.kill();
   }
+}
+
+/** Resolves once inotifywait (without -q) says its watches are in place. */
+function watchesEstablished(p: ChildProcess): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let err = '';
+    p.stderr!.setEncoding('utf8');
+    p.stderr!.on('data', (d: string) => {
+      err += d;
+      if (err.includes('Watches established')) resolve();
+    });
+    p.once('exit', (code) => reject(new Error(`inotifywait exited (${code}): ${err}`)));
+  });
 }
 
 // ---- fixture -----------------------------------------------------------------------------------
@@ -241,11 +253,11 @@ test.serial('changes deep in the tree reach a recursive watcher in the other gue
   const top = uniq('tree');
   await fs.mkdir(path.join(storage, top, 'sub'), { recursive: true });
   await until('B to see the tree', async () => (await statB(path.join(top, 'sub')))?.isDirectory());
-  const p = spawn('inotifywait', ['-m', '-r', '-q', '--format', '%e|%w%f', inB(top)], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const p = spawn('inotifywait', ['-m', '-r', '--format', '%e|%w%f', inB(top)], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  p.stdout.on('data', (d) => (out += d));
+  p.stdout!.on('data', (d) => (out += d));
   try {
-    await sleep(300);
+    await watchesEstablished(p);
     await fs.writeFile(path.join(storage, top, 'sub', 'deep'), 'deep data');
     await fs.mkdir(path.join(A.mnt, top, 'sub', 'newdir'));
     await fs.writeFile(path.join(A.mnt, top, 'sub', 'newdir', 'inner'), 'inner');
@@ -259,6 +271,35 @@ test.serial('changes deep in the tree reach a recursive watcher in the other gue
   } finally {
     p.kill();
   }
+});
+
+test.serial('a directory moved away and a file made at its old name at once: B sees both, every time', async (t) => {
+  // B keeps reading the old name while the two changes arrive: its kernel may hold the new file
+  // there when the move is replayed (once, the moved directory stayed a file in B for 60 s).
+  const top = uniq('swap');
+  await fs.mkdir(path.join(storage, top));
+  for (let i = 0; i < 40; i++) {
+    const d = path.join(top, `d${i % 4}`);
+    await fs.mkdir(path.join(storage, d));
+    await fs.writeFile(path.join(storage, d, 'in'), `in ${i}`);
+    await until('B to read in the directory', async () => (await readB(path.join(d, 'in'))) === `in ${i}`);
+    let polling = true;
+    const poll = (async () => {
+      while (polling) await readB(d);
+    })();
+    await fs.rename(path.join(storage, d), path.join(storage, `${d}.old`));
+    await fs.writeFile(path.join(storage, d), `file ${i}`);
+    try {
+      await until('B to read the new file', async () => (await readB(d)) === `file ${i}`);
+      await until('B to read in the moved directory', async () => (await readB(path.join(`${d}.old`, 'in'))) === `in ${i}`);
+    } finally {
+      polling = false;
+      await poll;
+    }
+    await fs.rm(path.join(storage, `${d}.old`), { recursive: true });
+    await fs.unlink(path.join(storage, d));
+  }
+  t.pass();
 });
 
 test.serial("a guest's own changes are not echoed back to it", async (t) => {

@@ -204,10 +204,9 @@ export class Applier {
     if (c.newParent !== c.parent) await this.inode(c.newParent, 0, 0);
     const from = this.replayPath(c.parent);
     const to = this.replayPath(c.newParent);
-    let clean = false;
     if (from && to) {
       const mode = c.attr?.mode || S_IFREG | 0o644;
-      const r = await this.replayer.run(
+      await this.replayer.run(
         { op: 'rename', dir: from, name: c.name, dir2: to, name2: c.newName },
         {
           targets: [
@@ -216,14 +215,13 @@ export class Applier {
           ],
         },
       );
-      clean = r.errno === 0 && !r.ghost;
     }
     this.fs.noteMoved(c.parent, c.name, c.newParent, c.newName);
-    // After a clean replay the kernel's dentry for the real node sits at the new name: keep it.
-    if (!clean) {
-      await this.entry(c.parent, c.name);
-      await this.entry(c.newParent, c.newName);
-    }
+    // The replay moved whatever dentry the kernel held at the old name, which may not be the node
+    // that moved (an application may have looked up what the name holds now): both names are
+    // looked up again. (inotify watches are on inodes: a watched directory keeps its watch.)
+    await this.entry(c.parent, c.name);
+    await this.entry(c.newParent, c.newName);
     if (child) await this.inode(child, -1, 0);
   }
 

@@ -83,7 +83,8 @@ export function touchIds(c: StorageChange): string[] {
 /**
  * A name that went away and one that appeared with the same inotify move cookie, or the same inode,
  * in one batch are one move. (Events of one name are merged per batch, so the two may come in
- * either order; the move takes the later place.)
+ * either order.) The move takes the earlier place: what happened to either name after the move
+ * (a new file created at the old name, say) must reach guests after it.
  */
 export function pairMoves<O>(list: StorageChange<O>[]): StorageChange<O>[] {
   const deletes = new Map<string, number>();
@@ -101,8 +102,8 @@ export function pairMoves<O>(list: StorageChange<O>[]): StorageChange<O>[] {
     if (j === undefined || drop.has(j) || drop.has(i)) return;
     const d = list[j];
     const move: StorageChange<O> = { kind: K.MOVE, dir: d.dir, name: d.name, newDir: c.dir, newName: c.name, key: c.key, type: c.type, attr: c.attr };
-    out[Math.max(i, j)] = move;
-    drop.add(Math.min(i, j));
+    out[Math.min(i, j)] = move;
+    drop.add(Math.max(i, j));
   });
   return out.filter((_, i) => !drop.has(i));
 }
