@@ -9,7 +9,8 @@
         "native/src/fuse.cc",
         "native/src/fuse_ops.cc",
         "native/src/sys.cc",
-        "native/src/systemd.cc"
+        "native/src/systemd.cc",
+        "native/src/inotify.cc"
       ],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS", "FUSE_USE_VERSION=34", "_GNU_SOURCE"],

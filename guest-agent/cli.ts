@@ -149,13 +149,22 @@ async function run(argv: string[]): Promise<number> {
 async function umount(argv: string[]): Promise<number> {
   const { values, positionals } = parse(PROGRAM, argv, { options: { lazy: { type: 'boolean', short: 'z' } } });
   if (positionals.length !== 1) throw new UsageError(`umount takes MOUNTPOINT\nRun "${PROGRAM} --help" for usage.`);
-  try {
-    await promisify(execFile)('fusermount3', [values.lazy ? '-uz' : '-u', path.resolve(positionals[0])]);
-  } catch (err) {
-    const msg = ((err as { stderr?: string }).stderr ?? (err as Error).message).trim().replace(/^fusermount3: /, '');
-    throw new Error(`cannot unmount ${path.resolve(positionals[0])}: ${msg}`);
+  // The agent replays changes made elsewhere through its own mount (guest-agent/coherence/), which
+  // keeps the mount busy for the moment of one syscall: EBUSY is tried again for a short while.
+  const deadline = Date.now() + 2000;
+  for (;;) {
+    try {
+      await promisify(execFile)('fusermount3', [values.lazy ? '-uz' : '-u', path.resolve(positionals[0])]);
+      return 0;
+    } catch (err) {
+      const msg = ((err as { stderr?: string }).stderr ?? (err as Error).message).trim().replace(/^fusermount3: /, '');
+      if (/busy/i.test(msg) && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        continue;
+      }
+      throw new Error(`cannot unmount ${path.resolve(positionals[0])}: ${msg}`);
+    }
   }
-  return 0;
 }
 
 runMain(PROGRAM, () => main(process.argv.slice(2)));

@@ -5,7 +5,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { Logger } from '../shared/log.js';
 import { HostLink, type ExportInfo } from './host-link.js';
-import { ResilientFileSystem } from './resilient-fs.js';
+import { coherentExport } from './coherence/index.js';
 import { mountFileSystem, type Mount } from './fuse/adapter.js';
 import { parseMountOptions } from './fuse/options.js';
 import { checkMountpoint } from './mountpoint.js';
@@ -114,13 +114,17 @@ export class GuestDaemon {
     if (info.readOnly) fuse.readOnly = true;
     fuse.cache ??= info.cacheMode as 'long' | 'auto' | 'none';
     const log = this.log.child({ export: name, target: mountpoint });
-    const remote = new ResilientFileSystem(this.link, name, {
+    const { remote, coherence } = coherentExport(this.link, name, {
       logger: log,
       retryWindowMs: agent.reconnectWindow !== undefined ? agent.reconnectWindow * 1000 : this.config.reconnectWindowMs,
       requestDeadlineMs: agent.timeout !== undefined ? agent.timeout * 1000 : undefined,
+      readOnly: fuse.readOnly,
+      inotify: fuse.inotify,
+      writeback: fuse.writeback,
     });
     await remote.getattr({ uid: 0, gid: 0, pid: 0 }, 1);
-    const mount = await mountFileSystem(remote, mountpoint, { ...fuse, fsname: `dirvisor:${name}`, logger: log });
+    const mount = await mountFileSystem(remote, mountpoint, { ...fuse, fsname: `dirvisor:${name}`, logger: log, coherence });
+    coherence.attach(mount);
     const active: Active = { name, target: mountpoint, mount };
     this.active.set(name, active);
     mount.closed.then(() => {

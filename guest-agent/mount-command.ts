@@ -1,7 +1,7 @@
 // `dirvisor-guest mount URI MOUNTPOINT`: connect to a host agent, mount one export with FUSE, and
 // serve it until unmounted (`dirvisor-guest umount`, `fusermount3 -u`) or signalled.
 import { HostLink } from './host-link.js';
-import { ResilientFileSystem } from './resilient-fs.js';
+import { coherentExport } from './coherence/index.js';
 import { mountFileSystem, type Mount } from './fuse/adapter.js';
 import { parseMountOptions } from './fuse/options.js';
 import { checkMountpoint } from './mountpoint.js';
@@ -26,7 +26,7 @@ export interface RunningMount {
 }
 
 export async function mountRemote(opts: MountCommandOptions): Promise<RunningMount> {
-  const { fuse, agent } = parseMountOptions(opts.options);
+  let { fuse, agent } = parseMountOptions(opts.options);
   const mountpoint = await checkMountpoint(opts.mountpoint);
   const log = opts.logger.child({ mountpoint });
   const deadlineMs = agent.timeout !== undefined ? agent.timeout * 1000 : undefined;
@@ -40,19 +40,26 @@ export async function mountRemote(opts: MountCommandOptions): Promise<RunningMou
     if (!name) throw new Error(`the host agent at ${opts.uri} offers no export to this guest`);
     const info = exports.find((e) => e.name === name);
     if (!info) throw new Error(`the host agent at ${opts.uri} has no export named "${name}" for this guest (it offers: ${exports.map((e) => e.name).join(', ') || 'none'})`);
-    const remote = new ResilientFileSystem(link, name, {
+    // The host's options for the export (its cache mode too) apply unless -o says otherwise.
+    fuse = parseMountOptions(opts.options, parseMountOptions(info.mountOptions).fuse).fuse;
+    fuse.cache ??= info.cacheMode as 'long' | 'auto' | 'none';
+    if (info.readOnly) fuse.readOnly = true;
+    const { remote, coherence } = coherentExport(link, name, {
       logger: log,
       retryWindowMs: agent.reconnectWindow !== undefined ? agent.reconnectWindow * 1000 : undefined,
       requestDeadlineMs: deadlineMs,
+      readOnly: fuse.readOnly,
+      inotify: fuse.inotify,
+      writeback: fuse.writeback,
     });
     // Mount it on the host now, so a wrong name or a storage problem is reported before FUSE mounts.
     await remote.getattr({ uid: 0, gid: 0, pid: 0 }, 1);
-    if (info.readOnly) fuse.readOnly = true;
     // auto_unmount by default: if this process dies (even by SIGKILL) the mount goes with it, rather
     // than staying behind as "Transport endpoint is not connected".
     mount = await mountFileSystem(remote, mountpoint, {
-      ...fuse, autoUnmount: fuse.autoUnmount ?? true, fsname: fuse.fsname ?? `dirvisor:${name}`, logger: log,
+      ...fuse, autoUnmount: fuse.autoUnmount ?? true, fsname: fuse.fsname ?? `dirvisor:${name}`, logger: log, coherence,
     });
+    coherence.attach(mount);
     log.info({ export: name }, 'mounted');
   } catch (err) {
     link.close('mount failed');

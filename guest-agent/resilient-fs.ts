@@ -50,10 +50,14 @@ export interface ResilientOptions {
   retryWindowMs?: number;
   /** Deadline of one request on the wire. */
   requestDeadlineMs?: number;
+  /** Called each time the export is mounted on a connection (epoch 1 first; later ones after a reconnection). */
+  onMounted?: (epoch: number) => void;
 }
 
 export class ResilientFileSystem implements FileSystem {
   private readonly nodes = new Map<number, NodeRecord>();
+  /** "parent/name" -> our id, for the names in `nodes` (coherence events name entries). */
+  private readonly byName = new Map<string, number>();
   /** Host node id -> our id, for the current export epoch only. */
   private byHost = new Map<number, number>();
   private readonly handles = new Map<number, HandleRecord>();
@@ -66,10 +70,12 @@ export class ResilientFileSystem implements FileSystem {
   private readonly remote: RemoteFileSystem;
   private readonly retryWindowMs: number;
   private readonly log: Logger;
+  private readonly onMounted?: (epoch: number) => void;
 
   constructor(private readonly hostLink: HostLink, readonly exportName: string, options: ResilientOptions) {
     this.log = options.logger;
     this.retryWindowMs = options.retryWindowMs ?? 30_000;
+    this.onMounted = options.onMounted;
     this.remote = new RemoteFileSystem(() => {
       const session = this.hostLink.activeSession;
       if (!session || this.exportEpoch !== this.hostLink.epoch) throw new FsError(E.ENOTCONN, 'connection to the host agent lost');
@@ -101,6 +107,7 @@ export class ResilientFileSystem implements FileSystem {
       if (this.exportEpoch > 0) this.log.info({ epoch }, 'export mounted again after reconnecting');
       this.exportEpoch = epoch;
       this.byHost = new Map();
+      this.onMounted?.(epoch);
     } catch (err) {
       if (err instanceof FsError && err.errno === E.ENOENT) {
         throw new FsError(E.ESTALE, `export ${this.exportName} is no longer offered to this VM`);
@@ -194,13 +201,13 @@ export class ResilientFileSystem implements FileSystem {
     if (id !== undefined && rec && rec.epoch === epoch) {
       rec.lookups++;
       rec.hostLookups++;
-      rec.parent = parent;
-      rec.name = Buffer.from(name);
+      this.relocate(id, rec, parent, name);
       rec.ino = entry.attr.ino;
     } else {
       id = this.nextNode++;
       this.nodes.set(id, { parent, name: Buffer.from(name), ino: entry.attr.ino, lookups: 1, hostId: entry.nodeId, epoch, hostLookups: 1 });
       this.byHost.set(entry.nodeId, id);
+      this.byName.set(nameKey(parent, name), id);
     }
     return { ...entry, nodeId: id };
   }
@@ -226,16 +233,23 @@ export class ResilientFileSystem implements FileSystem {
   }
 
   /** Our own rename changes where a node lives; remember it so a later relookup finds it. */
-  private moved(parent: number, name: Buffer, newParent: number, newName: Buffer): void {
-    for (const rec of this.nodes.values()) {
-      if (rec.parent === parent && rec.name.equals(name)) {
-        rec.parent = newParent;
-        rec.name = Buffer.from(newName);
-      } else if (rec.parent === newParent && rec.name.equals(newName)) {
-        rec.name = Buffer.from(name); // RENAME_EXCHANGE: the other one moved the other way
-        rec.parent = parent;
-      }
+  private moved(parent: number, name: Buffer, newParent: number, newName: Buffer, exchange = false): void {
+    const from = this.byName.get(nameKey(parent, name));
+    const to = this.byName.get(nameKey(newParent, newName));
+    if (to !== undefined && to !== from) {
+      // RENAME_EXCHANGE: the other one moved the other way; otherwise it was replaced (no name now).
+      if (exchange) this.relocate(to, this.nodes.get(to)!, parent, name);
+      else this.byName.delete(nameKey(newParent, newName));
     }
+    if (from !== undefined) this.relocate(from, this.nodes.get(from)!, newParent, newName);
+  }
+
+  private relocate(id: number, rec: NodeRecord, parent: number, name: Buffer): void {
+    if (rec.parent === parent && rec.name.equals(name)) return;
+    if (this.byName.get(nameKey(rec.parent, rec.name)) === id) this.byName.delete(nameKey(rec.parent, rec.name));
+    rec.parent = parent;
+    rec.name = Buffer.from(name);
+    this.byName.set(nameKey(parent, name), id);
   }
 
   // ---- FileSystem ----
@@ -252,6 +266,7 @@ export class ResilientFileSystem implements FileSystem {
       rec.lookups -= nlookup;
       if (rec.lookups > 0) continue;
       this.nodes.delete(nodeId);
+      if (this.byName.get(nameKey(rec.parent, rec.name)) === nodeId) this.byName.delete(nameKey(rec.parent, rec.name));
       if (rec.epoch === this.exportEpoch) {
         this.byHost.delete(rec.hostId);
         toHost.push({ nodeId: rec.hostId, nlookup: rec.hostLookups });
@@ -314,7 +329,7 @@ export class ResilientFileSystem implements FileSystem {
       async (epoch) => this.remote.rename(caller, await this.hostNode(parent, epoch), name, await this.hostNode(newParent, epoch), newName, flags),
       (err) => (err.errno === E.ENOENT ? this.lookup(INTERNAL, newParent, newName).then((e) => this.forget([{ nodeId: e.nodeId, nlookup: 1 }])) : null),
     );
-    this.moved(parent, name, newParent, newName);
+    this.moved(parent, name, newParent, newName, (flags & 2) !== 0 /* RENAME_EXCHANGE */);
   }
 
   open(caller: Caller, node: number, flags: number): Promise<OpenResult> {
@@ -452,11 +467,69 @@ export class ResilientFileSystem implements FileSystem {
 
   async destroy(): Promise<void> {
     this.nodes.clear();
+    this.byName.clear();
     this.handles.clear();
   }
+
+  // ---- for coherence (guest-agent/coherence/) ----
 
   /** Our node id for a host node id on the current connection (coherence events use it). */
   guestNodeFor(hostId: number): number | undefined {
     return hostId === ROOT_ID ? ROOT_ID : this.byHost.get(hostId);
   }
+
+  /** The export id the host gave us on the current connection, if mounted there (else undefined). */
+  get currentExportId(): number | undefined {
+    return this.exportEpoch === this.hostLink.epoch && this.hostLink.connected ? this.exportId : undefined;
+  }
+
+  /** The node we know as `name` in `parent`. */
+  childOf(parent: number, name: Buffer): number | undefined {
+    return this.byName.get(nameKey(parent, name));
+  }
+
+  /** Where a node is, as names from the root (as far as we know); undefined if we cannot tell. */
+  pathOf(id: number): Buffer[] | undefined {
+    const names: Buffer[] = [];
+    for (let depth = 0; id !== ROOT_ID; depth++) {
+      const rec = this.nodes.get(id);
+      if (!rec || depth > 4096) return undefined;
+      names.push(rec.name);
+      id = rec.parent;
+    }
+    return names.reverse();
+  }
+
+  /** The parent and name we know a node under. */
+  placeOf(id: number): { parent: number; name: Buffer } | undefined {
+    const rec = this.nodes.get(id);
+    return rec ? { parent: rec.parent, name: rec.name } : undefined;
+  }
+
+  /** A change made elsewhere moved an entry. */
+  noteMoved(parent: number, name: Buffer, newParent: number, newName: Buffer): void {
+    this.moved(parent, name, newParent, newName);
+  }
+
+  /** A change made elsewhere removed an entry: the node (if still known) has no name any more. */
+  noteRemoved(parent: number, name: Buffer): void {
+    this.byName.delete(nameKey(parent, name));
+  }
+
+  /** One more kernel reference on a known node (the kernel was given it in a reply we made). */
+  addKernelRef(id: number): boolean {
+    const rec = this.nodes.get(id);
+    if (!rec) return id === ROOT_ID;
+    rec.lookups++;
+    return true;
+  }
+
+  /** Every node we know, with where it is. */
+  *knownNodes(): IterableIterator<{ id: number; parent: number; name: Buffer }> {
+    for (const [id, rec] of this.nodes) yield { id, parent: rec.parent, name: rec.name };
+  }
+}
+
+function nameKey(parent: number, name: Buffer): string {
+  return `${parent}/${name.toString('latin1')}`;
 }

@@ -11,6 +11,8 @@ import { listenControl } from './control/server.js';
 import { NodeGuard, GuardedFs } from './storage/guard.js';
 import { PosixBackend } from './backend/posix.js';
 import { IdMap, withIdMap } from './idmap.js';
+import { CoherenceHub } from './coherence/hub.js';
+import { withIdentity } from './coherence/identity.js';
 import { sdNotify, startWatchdog } from '../native/systemd.js';
 
 export interface HostDaemon {
@@ -40,20 +42,22 @@ export async function startHostDaemon(configFile: string, logger: Logger, opts: 
     openExport: async (hostPath, share, node) => {
       const backend = await PosixBackend.create(hostPath, { readOnly: share.readOnly || config.defaults.readOnly, logger, maxHandles: config.limits.maxHandles });
       const d = config.defaults;
-      return withIdMap(new GuardedFs(backend, guardOf(node)), new IdMap({
+      return withIdentity(withIdMap(new GuardedFs(backend, guardOf(node)), new IdMap({
         squash: share.squash ?? d.squash,
         anonUid: share.anonUid ?? d.anonUid,
         anonGid: share.anonGid ?? d.anonGid,
         uidMap: share.uidMap,
         gidMap: share.gidMap,
-      }));
+      })), backend);
     },
   });
   await registry.load();
-  const server = new HostServer(registry, logger, {
-    maxInFlight: config.limits.maxInFlight,
-    vm: { maxFds: config.limits.maxFds, maxInFlight: config.limits.maxVmInFlight },
-  });
+  const server = new HostServer(
+    registry,
+    logger,
+    { maxInFlight: config.limits.maxInFlight, vm: { maxFds: config.limits.maxFds, maxInFlight: config.limits.maxVmInFlight } },
+    new CoherenceHub({ logger }),
+  );
   registry.on('changed', (vm: string) => server.exportsChanged(vm, registry.exportsOf(vm)));
   const watcher = new VmsDirWatcher(config.vmsDir, registry, logger.child({ component: 'vms.d' }));
   await watcher.start();

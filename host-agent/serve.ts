@@ -14,6 +14,8 @@ import { NodeGuard, GuardedFs, DEFAULT_NODE_GUARD } from './storage/guard.js';
 
 /** Open handles per connection (export view) for `serve`, as the managed agent's default. */
 const SERVE_MAX_HANDLES = 4096;
+import { CoherenceHub } from './coherence/hub.js';
+import { withIdentity } from './coherence/identity.js';
 
 export interface ServeOptions {
   dir: string;
@@ -24,6 +26,8 @@ export interface ServeOptions {
   idmap?: IdMapConfig;
   /** Per connection: maxInFlight, maxHandles; per VM: maxFds; per call on the storage: storageTimeoutMs. */
   limits?: { maxInFlight?: number; maxHandles?: number; maxFds?: number; storageTimeoutMs?: number };
+  /** Directories the coherence hub watches at most (default: up to the kernel's limit). */
+  maxWatches?: number;
   logger: Logger;
 }
 
@@ -44,12 +48,14 @@ export async function serveDirectory(opts: ServeOptions): Promise<HostServer> {
     name: 'default',
     target: '',
     readOnly: !!opts.readOnly,
-    cacheMode: 'auto',
+    // Guests cache for long: the host pushes what changes (coherence/), and the guest revalidates
+    // after its revalidation interval what pushing cannot see.
+    cacheMode: 'long',
     mountOptions: [],
     open: async () => {
       const backend = await PosixBackend.create(dir, { readOnly: !!opts.readOnly, logger: opts.logger, maxHandles: limits.maxHandles ?? SERVE_MAX_HANDLES });
       const guarded = new GuardedFs(backend, guard);
-      return opts.idmap ? withIdMap(guarded, new IdMap(opts.idmap)) : guarded;
+      return withIdentity(opts.idmap ? withIdMap(guarded, new IdMap(opts.idmap)) : guarded, backend);
     },
   };
   const authorizer: Authorizer = {
@@ -60,7 +66,7 @@ export async function serveDirectory(opts: ServeOptions): Promise<HostServer> {
       return { vmName: 'default', generation: 1, exports: () => [def] };
     },
   };
-  const server = new HostServer(authorizer, opts.logger, { maxInFlight: limits.maxInFlight, vm: { maxFds: limits.maxFds } });
+  const server = new HostServer(authorizer, opts.logger, { maxInFlight: limits.maxInFlight, vm: { maxFds: limits.maxFds } }, new CoherenceHub({ logger: opts.logger, maxWatches: opts.maxWatches }));
   for (const uri of opts.listen) await server.listen(uri);
   opts.logger.info({ dir, readOnly: !!opts.readOnly }, 'serving directory');
   return server;

@@ -13,6 +13,7 @@ import { ROOT_ID } from '../shared/fs/interface.js';
 import { dispatchFsRequest, dispatchForget, callerFromWire, unknownExport } from './fs-dispatch.js';
 import type { pb } from '../shared/rpc/wire.js';
 import { VmLimiter, FdBudgetFs, DEFAULT_VM_LIMITS, type VmLimitOptions } from './limits.js';
+import type { CoherenceHub, Subscription } from './coherence/hub.js';
 
 export type CacheMode = 'long' | 'auto' | 'none';
 
@@ -46,6 +47,8 @@ export interface Authorizer {
 interface Mounted {
   def: ExportDef;
   fs: FileSystem;
+  /** Told what this connection changes; pushes other changes to it (coherence/hub.ts). */
+  sub?: Subscription;
 }
 
 export interface Connection {
@@ -71,6 +74,8 @@ export class HostServer {
     private readonly log: Logger,
     /** maxInFlight: per connection; vm: per VM across its connections (host-agent/limits.ts). */
     private readonly limits: { maxInFlight?: number; vm?: Partial<VmLimitOptions> } = {},
+    /** Pushes changes between the connections sharing storage (closed with the server). */
+    private readonly coherence?: CoherenceHub,
   ) {}
 
   /** The limits and counters of one VM (created on first use; VMs are few). */
@@ -106,6 +111,7 @@ export class HostServer {
       for (const [id, m] of c.mounts) {
         if (names.has(m.def.name)) continue;
         c.mounts.delete(id);
+        m.sub?.close();
         m.fs.destroy().catch(() => {});
         this.log.info({ conn: c.id, vm: vmName, export: m.def.name }, 'export withdrawn from a connected guest');
       }
@@ -143,6 +149,7 @@ export class HostServer {
     // Stop accepting, then drop the connections: closing a listener waits for its connections.
     const closing = Promise.all(this.listeners.splice(0).map((l) => l.close()));
     this.dropAll('host agent stopping');
+    this.coherence?.close();
     await closing;
   }
 
@@ -189,6 +196,7 @@ export class HostServer {
     conn.session.once('close', (reason: string) => {
       this.connections.delete(conn);
       log.info({ reason, vm: conn.vmName }, 'connection closed');
+      for (const m of conn.mounts.values()) m.sub?.close();
       for (const m of conn.mounts.values()) m.fs.destroy().catch((err) => log.warn({ err }, 'releasing an export view failed'));
       conn.mounts.clear();
     });
@@ -206,6 +214,11 @@ export class HostServer {
   }
 
   private async serve(req: IncomingRequest, view: VmView, conn: Connection, allocId: () => number, log: Logger): Promise<Reply> {
+    // A VM redefinition reaches exportsChanged() only after the registry has saved it (an fsync):
+    // until then, the control calls check the connection's identity themselves.
+    if ((req.kind === 'listExports' || req.kind === 'mountExport') && !this.stillIdentified(conn)) {
+      throw new FsError(E.EACCES, 'this VM was deleted or its identity changed');
+    }
     switch (req.kind) {
       case 'listExports':
         return { body: { exportList: { exports: view.exports().map(exportInfo) } } };
@@ -229,12 +242,14 @@ export class HostServer {
           throw err;
         }
         if (conn.session.closed) {
-          // The guest went away while the export was being opened: release it, nobody will.
+          // The guest went away while the export was being opened (checked after the last await,
+          // since the close handler has already released `conn.mounts`): release it, nobody will.
           await fs.destroy();
           throw new FsError(E.ENOTCONN, 'connection closed');
         }
         const exportId = allocId();
-        conn.mounts.set(exportId, { def, fs });
+        // The opened view (not its fd-budget wrapper) carries the node identities coherence needs.
+        conn.mounts.set(exportId, { def, fs, sub: this.coherence?.subscribe(opened, conn.session, exportId) });
         log.info({ export: name, exportId }, 'export mounted');
         return { body: { mountReply: { exportId, info: exportInfo(def), root: attrToWire(root) } } };
       }
@@ -243,13 +258,21 @@ export class HostServer {
         const m = conn.mounts.get(exportId);
         if (!m) throw unknownExport(exportId);
         conn.mounts.delete(exportId);
+        m.sub?.close();
         await m.fs.destroy();
         return { body: { ok: {} } };
       }
       default: {
         const m = conn.mounts.get(req.envelope.exportId);
         if (!m) throw unknownExport(req.envelope.exportId);
-        const reply = await this.vmLimiter(view.vmName).run(() => dispatchFsRequest(m.fs, req, callerFromWire(req.envelope.caller)));
+        // Coherence learns what the request changed (and holds back storage events meanwhile).
+        const op = m.sub?.begin(req);
+        let reply: Reply | null = null;
+        try {
+          reply = await this.vmLimiter(view.vmName).run(() => dispatchFsRequest(m.fs, req, callerFromWire(req.envelope.caller)));
+        } finally {
+          op?.end(reply);
+        }
         if (!reply) throw new FsError(E.ENOSYS, `${req.kind} is not a request the host serves`);
         return reply;
       }

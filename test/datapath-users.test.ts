@@ -223,10 +223,9 @@ test(writeOnlyFile, 'host');
 // With -o writeback the guest agent opens write-only files read-write (the kernel may read pages
 // to fill partial ones); the host opens with the caller's credentials, so that must not turn into
 // EACCES for a user who may write but not read.
-// KNOWN BUG (guest-agent/fuse/adapter.ts, committed version): with -o writeback the kernel reads
-// through the write-only user's handle, which the host refuses (EACCES). Fixed in the adapter work
-// not yet landed (open O_WRONLY as O_RDWR, falling back to a direct-I/O handle).
-test.failing(writeOnlyFile, 'writeback');
+// The adapter opens O_WRONLY as O_RDWR and, when the host refuses that (EACCES), falls back to a
+// write-only direct-I/O handle, through which the kernel never needs to read.
+test(writeOnlyFile, 'writeback');
 
 test('what the user may do: own files, chmod, utime, group-writable files through supplementary groups', async (t) => {
   const { m, s } = await ex.subdir('allowed');

@@ -1065,9 +1065,8 @@ test('the host holds nodes only while the guest kernel knows them (lookup counts
 
 // With -o writeback, data written a moment ago may still be only in the guest's page cache; the
 // answers must include it (a host that answered from the backing file alone said ENXIO here).
-// KNOWN BUG in the committed adapter (lseek goes to the host even on writeback mounts); the fix
-// (answer ENOSYS so the kernel uses its own view) is in adapter work not yet landed.
-test.failing('SEEK_DATA and SEEK_HOLE see data written a moment ago, also on the writeback mount', async (t) => {
+// On writeback mounts the adapter answers lseek ENOSYS, so the kernel uses its own view.
+test('SEEK_DATA and SEEK_HOLE see data written a moment ago, also on the writeback mount', async (t) => {
   const { name } = await ex.subdir('seek-fresh');
   const r = await pyJson(`
     res = {}

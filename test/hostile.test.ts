@@ -7,6 +7,7 @@
 //
 // Tests marked `test.failing` reproduce product bugs or gaps found here (each names it); they pass
 // while the product misbehaves and will fail once it is fixed, as a reminder to turn them back.
+// The last group are bugs found here and fixed since; they stay as regression tests.
 import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs/promises';
 import net from 'node:net';
@@ -188,6 +189,7 @@ test.serial('frames announcing 4 GiB (or just over the limits) are refused befor
   t.log(`host RSS ${Math.round(rss0 / MB)} MB -> ${Math.round(rss1 / MB)} MB after ${variants.length} lying headers`);
   t.true(rss1 - rss0 < 20 * MB, `RSS grew by ${Math.round((rss1 - rss0) / MB)} MB`);
   t.true(host.alive());
+  await waitUntil(() => host.violationCount >= variants.length, 3000); // the log comes through a pipe
   t.is(host.violationCount, variants.length, 'each one logged as a protocol violation');
   t.true((await canary(host)) < 1000);
 });
@@ -335,10 +337,10 @@ async function mutationRate(c: RawClient, label: string, n = 100): Promise<numbe
   return Math.round((4 * n * 1000) / (performance.now() - t0));
 }
 
-// GAP (host-agent/coherence/hub.ts, in progress): the cost of every change the host serves grows with
-// the number of mounted export views, even idle ones that know no node. One VM that opens 100-200 idle
-// connections (each a mount: nothing else) makes every other VM's create/write/release/unlink about
-// ten times slower (measured 1,665 -> 164 operations/s; 300 connections: 51/s).
+// Regression (found here while coherence was in progress): the cost of every change the host served
+// grew with the number of mounted export views, even idle ones that knew no node (measured 1,665 ->
+// 164 operations/s with 200 idle connections). The hub now tells only connections that have asked
+// something, and so may have cached something.
 test.serial('200 idle mounted connections of one VM do not slow another VM\'s file operations more than 3x', async (t) => {
   t.timeout(180_000);
   const host = await freshHost(t);
@@ -515,7 +517,7 @@ test.serial('names with "/", "..", NUL and 4 KiB of bytes are refused (EINVAL/EN
   t.false(c.closed);
 });
 
-// ---- smaller misbehaviours ----------------------------------------------------------------------------------
+// ---- misbehaviours found here, fixed since: regression tests ---------------------------------------------
 
 /** Connections that each write `bytes` and then keep their socket open, half-open, without reading. */
 async function holdOpen(t: ExecutionContext, host: HostProcess, n: number, bytes: Buffer): Promise<net.Socket[]> {
@@ -531,11 +533,10 @@ async function holdOpen(t: ExecutionContext, host: HostProcess, n: number, bytes
   return socks;
 }
 
-// BUG (shared/rpc/session.ts, onPeerEvent 'goodbye'): a Goodbye shuts the session down but neither
-// ends nor destroys the stream, and shutdown() also stops the keepalive. A guest that says Goodbye and
-// keeps its socket open holds that connection's fd on the host forever. (The same code on the guest
-// side leaves the socket of a host that said Goodbye open: the guest fuzz counts such sockets.)
-test.serial('BUG Goodbye without closing: the host releases the connections of guests that said Goodbye', async (t) => {
+// Regression (found here, fixed in 1a3d611, shared/rpc/session.ts onPeerEvent 'goodbye'): a Goodbye
+// shut the session down but neither ended nor destroyed the stream, and shutdown() also stopped the
+// keepalive, so a guest that said Goodbye and kept its socket open held that fd on the host forever.
+test.serial('Goodbye without closing: the host releases the connections of guests that said Goodbye', async (t) => {
   const host = await freshHost(t);
   const before = host.fds();
   const hello = frameBytes(encodeEnvelope({ id: 1, hello: { minVersion: 1, maxVersion: 1, token: host.token } })!);
@@ -546,11 +547,11 @@ test.serial('BUG Goodbye without closing: the host releases the connections of g
   t.true(host.fds() - before < 10, `the host still holds ${host.fds() - before} fds`);
 });
 
-// BUG (host-agent/server.ts refused Hello + shared/rpc/session.ts close): a refused Hello is answered
-// and the host ends its side, but it never destroys the socket and the keepalive is stopped: a peer
-// that does not close holds the fd forever. No token is needed for this, so anyone who can reach the
-// socket can use up the host's fds (a silent connection, by contrast, is dropped by the keepalive).
-test.serial('BUG refused Hello: the host releases connections it refused even if the peer keeps them open', async (t) => {
+// Regression (found here, fixed in 1a3d611, host-agent/server.ts): a refused Hello was answered and
+// the host ended its side, but never destroyed the socket, and the keepalive was stopped: a peer that
+// did not close held the fd forever -- without a token, so anyone who could reach the socket could
+// use up the host's fds.
+test.serial('refused Hello: the host releases connections it refused even if the peer keeps them open', async (t) => {
   const host = await freshHost(t);
   const before = host.fds();
   await holdOpen(t, host, 50, frameBytes(encodeEnvelope({ id: 1, hello: { minVersion: 1, maxVersion: 1, token: 'not-the-token' } })!));
@@ -559,11 +560,12 @@ test.serial('BUG refused Hello: the host releases connections it refused even if
   t.true(host.fds() - before < 10, `the host still holds ${host.fds() - before} fds`);
 });
 
-// BUG (host-agent/server.ts serve 'mountExport'): a mountExport still in flight when its connection
-// closes completes afterwards and puts the new export view into `conn.mounts`, which the close handler
-// has already emptied: that view (its root fd, and whatever else it holds) is never destroyed. A guest
-// that sends mountExport and disconnects at once leaks one fd per connection, until the host is out.
-test.serial('BUG a mountExport in flight when the connection closes leaks nothing', async (t) => {
+// Regression (found here, fixed in 1a3d611, host-agent/server.ts serve 'mountExport'): a mountExport
+// still in flight when its connection closed completed afterwards and put the new export view into
+// `conn.mounts`, already emptied by the close handler: the view (its root fd, its coherence
+// subscription) was never released -- one fd per connection, and the host slowed down with every
+// leaked subscription (the 1M-frame fuzz run went from ~5,700 to ~300 frames/s, RSS to 1.2 GB).
+test.serial('a mountExport in flight when the connection closes at once leaks nothing', async (t) => {
   const host = await freshHost(t);
   const before = host.fds();
   for (let i = 0; i < 200; i++) {
@@ -577,10 +579,31 @@ test.serial('BUG a mountExport in flight when the connection closes leaks nothin
   t.true(host.fds() - before < 10, `the host still holds ${host.fds() - before} fds`);
 });
 
-// BUG (host-agent/backend/posix.ts asFsError, native creds check): a Caller with uid or gid 4294967295
-// ((uid_t)-1) makes the native call throw a TypeError ("creds: -1 is not an id"), which the backend
-// turns into EIO and logs at level "error" with a stack trace -- one log line per request a guest sends.
-test.serial('BUG caller uid 4294967295 is refused with EINVAL/EPERM, not EIO plus an error log line per request', async (t) => {
+// Regression (found here; server.ts serve 'mountExport'): the handler checked `conn.session.closed`
+// after opening the view but then awaited `fs.getattr(root)` before `conn.mounts.set(...)`: a
+// connection that closed during that getattr leaked the view (and its coherence subscription).
+// Closing 0.1-2 ms after the mountExport hit the window a few times in a hundred.
+test.serial('a connection closing while its mountExport reads the root attributes leaks nothing', async (t) => {
+  t.timeout(120_000);
+  const host = await freshHost(t);
+  const before = host.fds();
+  for (let i = 0; i < 1200; i++) {
+    const c = await RawClient.connect(host.socketPath);
+    await c.call({ hello: { minVersion: 1, maxVersion: 1, token: host.token } });
+    c.write(c.frame({ mountExport: { name: 'default' } }));
+    const until = process.hrtime.bigint() + BigInt((i % 8) * 150_000); // 0 to 1.05 ms
+    while (process.hrtime.bigint() < until);
+    c.close();
+  }
+  await waitUntil(() => host.fds() - before < 5, 5000);
+  t.log(`host fds ${before} before, ${host.fds()} after 1,200 connections that closed 0-1 ms after their mountExport`);
+  t.true(host.fds() - before < 5, `the host still holds ${host.fds() - before} fds`);
+});
+
+// Regression (found by the fuzzer, fixed in 2e6c4ab, host-agent/fs-dispatch.ts callerFromWire): a
+// Caller with uid or gid 4294967295 ((uid_t)-1) made the native call throw a TypeError ("creds: -1 is
+// not an id"), turned into EIO and logged at level "error" with a stack -- a log line per request.
+test.serial('caller uid 4294967295 is refused with EINVAL/EPERM, not EIO plus an error log line per request', async (t) => {
   const host = await freshHost(t);
   const c = await mounted(t, host);
   const errorsBefore = host.errorCount;
@@ -591,10 +614,10 @@ test.serial('BUG caller uid 4294967295 is refused with EINVAL/EPERM, not EIO plu
   t.is(host.errorCount, errorsBefore, 'no error-level log line for a guest input');
 });
 
-// BUG (host-agent/backend/posix.ts maxIoSize vs shared/rpc/framing.ts DEFAULT_MAX_PAYLOAD): the backend
-// allows reads up to 16 MiB but a reply payload may be at most 4 MiB, so a read of 4-16 MiB is performed
-// (allocating up to 16 MiB), then fails to encode: EIO and an error log line instead of EINVAL up front.
-test.serial('BUG a read larger than the frame limit is refused with EINVAL, not performed and answered EIO', async (t) => {
+// Regression (found here, fixed in 1a3d611, host-agent/fs-dispatch.ts): the backend allowed reads up
+// to 16 MiB but a reply payload may be at most 4 MiB, so a read of 4-16 MiB was performed (allocating
+// up to 16 MiB), then failed to encode: EIO and an error log line instead of EINVAL up front.
+test.serial('a read larger than the frame limit is refused with EINVAL, not performed and answered EIO', async (t) => {
   const host = await freshHost(t);
   const c = await mounted(t, host);
   const node = Number((await c.call({ lookup: { parent: 1, name: B('sparse') } })).envelope.entry!.entry!.nodeId);

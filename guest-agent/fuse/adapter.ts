@@ -3,13 +3,18 @@
 // Each kernel request arrives on the JS thread from the native session (native/fuse.ts), becomes
 // one async FileSystem call, and is answered when that call settles; many run at once and replies
 // go out in completion order. Errors travel as errno (FsError.errno / toErrno) to the application.
+//
+// The serving process must not use its own mounts in ways that wait for its JS thread: no
+// synchronous fs calls on them, and no files left open on them while it spawns a child (the child
+// closes its copy at exec, the kernel sends FLUSH, and the JS thread is waiting in spawn).
 import { constants as osc } from 'node:fs';
 import path from 'node:path';
-import { FuseSession, fuseArgs, type FuseRequest, type NativeFuseSession, type RequestCaller } from '../../native/fuse.js';
+import { FuseSession, fuseArgs, type FuseRequest, type NativeFuseSession, type ReplayOp, type RequestCaller } from '../../native/fuse.js';
 import type { Caller, DirEntry, Entry, FileSystem, OpenResult } from '../../shared/fs/interface.js';
 import { E, FsError, errnoName, toErrno } from '../../shared/fs/errors.js';
 import type { Logger } from '../../shared/log.js';
-import { cacheTimeouts, type MountOptions, type Timeouts } from './options.js';
+import { cacheTimeouts, cachesDirectories, type MountOptions, type Timeouts } from './options.js';
+import { LazyDirs } from './lazy-dirs.js';
 import { DEFAULT_READAHEAD_BYTES, setReadahead } from './readahead.js';
 
 const O_ACCMODE = 3; // not among Node's fs constants
@@ -18,6 +23,22 @@ export interface AdapterOptions extends MountOptions {
   logger?: Logger;
   /** Call fs.destroy() once the mount is gone and its requests have settled. Default true. */
   destroyOnClose?: boolean;
+  /** Keeps the kernel's caches coherent with changes made elsewhere (guest-agent/coherence/). */
+  coherence?: MountCoherence;
+}
+
+/** What the adapter asks of the coherence layer (guest-agent/coherence/). */
+export interface MountCoherence {
+  /** Answers `req` itself (its own replays, nodes only it knows) and returns true; false: serve it. */
+  intercept(req: Exclude<FuseRequest, { op: 'forget' }>, session: NativeFuseSession): boolean;
+  /** Takes out the forgets of nodes only it knows; returns the rest. */
+  forget(items: Array<{ nodeId: number; nlookup: number }>): Array<{ nodeId: number; nlookup: number }>;
+  /** Moves on whenever a change arrives. */
+  readonly generation: number;
+  /** Whether a change to `node` arrived since `generation` (a reply computed before it may be stale). */
+  changedSince(generation: number, node: number): boolean;
+  /** A reply that raced with a change filled the kernel's cache: drop `node`'s attributes and data again. */
+  revalidate(node: number): void;
 }
 
 export interface Mount {
@@ -42,6 +63,13 @@ export interface Mount {
   notifyDelete(parent: number, child: number, name: Buffer): Promise<void>;
   /** Pushes data into the kernel's page cache. */
   store(node: number, offset: number, data: Uint8Array): Promise<void>;
+  /**
+   * Replays a change made elsewhere through the mount (a syscall by the notification thread, in
+   * order with the notifications) so the kernel raises inotify events; 0 or a positive errno. Its
+   * requests carry `replayThreadId` as pid; MountCoherence.intercept answers them.
+   */
+  replay(op: ReplayOp): Promise<number>;
+  readonly replayThreadId: number;
 }
 
 /** Mounts `fs` at `mountpoint` (an existing directory) and serves it until unmounted. */
@@ -65,6 +93,9 @@ class FuseMount implements Mount {
   private exited = false;
   private active = 0;
   private drained?: () => void;
+  private readonly coherence?: MountCoherence;
+  /** cache=long: directory handles answered here (listings stay in the kernel's cache). */
+  private readonly lazyDirs?: LazyDirs;
   private resolveClosed!: () => void;
 
   constructor(
@@ -73,6 +104,11 @@ class FuseMount implements Mount {
     private readonly opts: AdapterOptions,
   ) {
     this.t = cacheTimeouts(opts);
+    this.coherence = opts.coherence;
+    if (cachesDirectories(opts)) {
+      const c = opts.coherence;
+      this.lazyDirs = new LazyDirs(fs, this.t.attr * 1000, c && ((g, n) => c.changedSince(g, n)), c && (() => c.generation));
+    }
     this.log = opts.logger;
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     this.session = new FuseSession(
@@ -141,6 +177,14 @@ class FuseMount implements Mount {
     return this.notified(this.session.notifyStore(node, offset, data), 'store');
   }
 
+  replay(op: ReplayOp): Promise<number> {
+    return this.session.replay(op);
+  }
+
+  get replayThreadId(): number {
+    return this.session.replayThreadId;
+  }
+
   private async notified(p: Promise<number>, what: string): Promise<void> {
     const err = await p;
     if (err && err !== E.ENOENT) throw new FsError(err, `${what}: ${errnoName(err)}`);
@@ -166,16 +210,17 @@ class FuseMount implements Mount {
   }
 
   private onRequest(req: FuseRequest): void {
-    if (process.env.DVTRACE) process.stderr.write(`REQ ${this.mountpoint} ${req.op} ${req.id}\n`);
     if (req.op === 'forget') {
       if (this.exited) return;
       try {
-        this.fs.forget(req.items);
+        const items = this.coherence ? this.coherence.forget(req.items) : req.items;
+        if (items.length) this.fs.forget(items);
       } catch (err) {
         this.log?.warn({ err }, 'forget failed');
       }
       return;
     }
+    if (this.coherence?.intercept(req, this.session)) return;
     this.active++;
     void this.serve(req).finally(() => {
       if (--this.active === 0 && this.drained) this.drained();
@@ -202,6 +247,9 @@ class FuseMount implements Mount {
     const s = this.session;
     const c = caller(req);
     const id = req.id;
+    // Replies computed before a change to their node arrived must not be cached (or must be dropped).
+    const gen = this.coherence?.generation ?? 0;
+    const raced = (node: number): boolean => !!this.coherence?.changedSince(gen, node);
     switch (req.op) {
       case 'lookup': {
         let entry: Entry;
@@ -210,18 +258,18 @@ class FuseMount implements Mount {
         } catch (err) {
           // A negative entry lets the kernel remember "no such name" for a while.
           if (this.t.negative > 0 && toErrno(err) === E.ENOENT) {
-            s.replyEntry(id, null, this.t.negative, 0);
+            s.replyEntry(id, null, raced(req.parent) ? 0 : this.t.negative, 0);
             return;
           }
           throw err;
         }
-        return this.entry(id, entry);
+        return this.entry(id, entry, raced(req.parent) || raced(entry.nodeId));
       }
       case 'getattr':
-        s.replyAttr(id, await fs.getattr(c, req.node, req.fh), this.t.attr);
+        s.replyAttr(id, await fs.getattr(c, req.node, req.fh), raced(req.node) ? 0 : this.t.attr);
         return;
       case 'setattr':
-        s.replyAttr(id, await fs.setattr(c, req.node, req.set, req.fh), this.t.attr);
+        s.replyAttr(id, await fs.setattr(c, req.node, req.set, req.fh), raced(req.node) ? 0 : this.t.attr);
         return;
       case 'readlink':
         s.replyReadlink(id, await fs.readlink(c, req.node));
@@ -247,13 +295,13 @@ class FuseMount implements Mount {
         s.replyErr(id, 0);
         return;
       case 'open': {
-        const res = await fs.open(c, req.node, this.openFlags(req.flags));
-        if (s.replyOpen(id, this.openReply(res)) !== 0) await this.quietly(fs.release(c, req.node, res.fh));
+        const { res, direct } = await this.opened(req.flags, (f) => fs.open(c, req.node, f));
+        if (s.replyOpen(id, this.openReply(res, direct)) !== 0) await this.quietly(fs.release(c, req.node, res.fh));
         return;
       }
       case 'create': {
-        const res = await fs.create(c, req.parent, req.name, req.mode, this.openFlags(req.flags));
-        if (s.replyCreate(id, res.entry, this.t.entry, this.t.attr, this.openReply(res)) !== 0) {
+        const { res, direct } = await this.opened(req.flags, (f) => fs.create(c, req.parent, req.name, req.mode, f));
+        if (s.replyCreate(id, res.entry, this.t.entry, this.t.attr, this.openReply(res, direct)) !== 0) {
           // The kernel never saw it: no release or forget will come.
           await this.quietly(fs.release(c, res.entry.nodeId, res.fh));
           this.forget(res.entry.nodeId);
@@ -262,6 +310,7 @@ class FuseMount implements Mount {
       }
       case 'read':
         s.replyData(id, await fs.read(c, req.node, req.fh, req.offset, req.size));
+        if (raced(req.node)) this.coherence!.revalidate(req.node);
         return;
       case 'write':
         s.replyWrite(id, await fs.write(c, req.node, req.fh, req.offset, req.data));
@@ -279,6 +328,11 @@ class FuseMount implements Mount {
         s.replyErr(id, 0);
         return;
       case 'opendir': {
+        if (this.lazyDirs) {
+          const fh = await this.lazyDirs.open(c, req.node, req.flags);
+          if (s.replyOpen(id, { fh, keepCache: true, cacheDir: true }) !== 0) await this.quietly(this.lazyDirs.drop(c, fh));
+          return;
+        }
         const res = await fs.opendir(c, req.node, req.flags);
         const reply = { fh: res.fh, keepCache: res.keepCache ?? false };
         if (s.replyOpen(id, reply) !== 0) await this.quietly(fs.releasedir(c, req.node, res.fh));
@@ -288,18 +342,22 @@ class FuseMount implements Mount {
       case 'readdirplus': {
         const plus = req.op === 'readdirplus';
         const max = Math.max(1, Math.floor(req.size / (plus ? DIRENTPLUS_MIN : DIRENT_MIN)));
-        const entries = await fs.readdir(c, req.node, req.fh, req.offset, max, plus);
-        const sent = s.replyDirents(id, entries, this.t.entry, this.t.attr);
+        const fh = this.lazyDirs?.has(req.fh) ? await this.lazyDirs.real(req.fh) : req.fh;
+        const entries = await fs.readdir(c, req.node, fh, req.offset, max, plus);
+        const stale = raced(req.node);
+        const sent = s.replyDirents(id, entries, stale ? 0 : this.t.entry, stale ? 0 : this.t.attr);
         // Entries the kernel did not get carry lookup references nobody will forget: drop them.
         if (plus) this.forgetUnsent(entries, sent < 0 ? 0 : sent);
+        if (stale) this.coherence!.revalidate(req.node);
         return;
       }
       case 'releasedir':
-        await fs.releasedir(c, req.node, req.fh);
+        if (this.lazyDirs?.has(req.fh)) await this.lazyDirs.release(c, req.fh);
+        else await fs.releasedir(c, req.node, req.fh);
         s.replyErr(id, 0);
         return;
       case 'fsyncdir':
-        await fs.fsyncdir(c, req.node, req.fh, req.datasync);
+        await fs.fsyncdir(c, req.node, this.lazyDirs?.has(req.fh) ? await this.lazyDirs.real(req.fh) : req.fh, req.datasync);
         s.replyErr(id, 0);
         return;
       case 'statfs':
@@ -332,6 +390,12 @@ class FuseMount implements Mount {
         );
         return;
       case 'lseek':
+        if (this.opts.writeback) {
+          // Recent writes may still sit in the kernel's page cache, unseen by the file system.
+          // ENOSYS makes the kernel answer from its own view (data up to its size) from now on.
+          s.replyErr(id, E.ENOSYS);
+          return;
+        }
         s.replyLseek(id, await fs.lseek(c, req.node, req.fh, req.offset, req.whence));
         return;
       default: {
@@ -341,9 +405,9 @@ class FuseMount implements Mount {
     }
   }
 
-  private entry(id: number, entry: Entry): void {
+  private entry(id: number, entry: Entry, stale = false): void {
     // Not delivered (request interrupted): the kernel took no reference, so give it back.
-    if (this.session.replyEntry(id, entry, this.t.entry, this.t.attr) !== 0) this.forget(entry.nodeId);
+    if (this.session.replyEntry(id, entry, stale ? 0 : this.t.entry, stale ? 0 : this.t.attr) !== 0) this.forget(entry.nodeId);
   }
 
   private xattr(id: number, size: number, res: Buffer | number): void {
@@ -357,17 +421,29 @@ class FuseMount implements Mount {
     }
   }
 
-  private openReply(res: OpenResult): { fh: number; keepCache: boolean; directIo: boolean } {
+  private openReply(res: OpenResult, direct = false): { fh: number; keepCache: boolean; directIo: boolean } {
     // The mount's cache mode decides whether pages survive a reopen; a backend can only ask for
     // less caching (direct I/O), never more.
-    return { fh: res.fh, keepCache: this.t.keepCache && !res.directIo, directIo: this.t.directIo || !!res.directIo };
+    const directIo = this.t.directIo || !!res.directIo || direct;
+    return { fh: res.fh, keepCache: this.t.keepCache && !directIo, directIo };
   }
 
-  // With the writeback cache the kernel reads pages of write-only files and does O_APPEND itself.
-  private openFlags(flags: number): number {
-    if (!this.opts.writeback) return flags;
-    if ((flags & O_ACCMODE) === osc.O_WRONLY) flags = (flags & ~O_ACCMODE) | osc.O_RDWR;
-    return flags & ~osc.O_APPEND;
+  /**
+   * Opens with the flags the writeback cache needs: the kernel then reads pages of write-only files
+   * (to fill partial pages) and does O_APPEND itself. A caller who may write but not read (mode
+   * 0200, a shared log) gets EACCES for read-write: that handle is then opened as asked and
+   * bypasses the page cache (`direct`), so the kernel never needs to read through it.
+   */
+  private async opened<T extends OpenResult>(flags: number, open: (flags: number) => Promise<T>): Promise<{ res: T; direct: boolean }> {
+    if (!this.opts.writeback) return { res: await open(flags), direct: false };
+    const writeOnly = (flags & O_ACCMODE) === osc.O_WRONLY;
+    const wanted = (writeOnly ? (flags & ~O_ACCMODE) | osc.O_RDWR : flags) & ~osc.O_APPEND;
+    try {
+      return { res: await open(wanted), direct: false };
+    } catch (err) {
+      if (!writeOnly || toErrno(err) !== E.EACCES) throw err;
+      return { res: await open(flags), direct: true };
+    }
   }
 
   private forgetUnsent(entries: readonly DirEntry[], sent: number): void {

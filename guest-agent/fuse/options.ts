@@ -2,17 +2,22 @@
 //
 //   allow_other  default_permissions  ro | rw  auto_unmount | no_auto_unmount  debug
 //   fsname=NAME  max_read=N  max_write=N  max_readahead=N  max_background=N
-//   entry_timeout=SEC  attr_timeout=SEC  negative_timeout=SEC  cache=none|auto|long
+//   entry_timeout=SEC  attr_timeout=SEC  negative_timeout=SEC  cache=none|auto|long  revalidate=SEC
+//   inotify | noinotify
 //   writeback | writeback_cache | no_writeback | no_writeback_cache
 //   nodev nosuid noexec dev suid exec sync async dirsync noatime nodiratime relatime norelatime strictatime
 //   export=NAME (for the agent, not FUSE: which of the host's exports to mount)
 // Words that only matter to mount(8)/systemd (defaults, noauto, nofail, _netdev, x-*, ...) are ignored.
 
 /**
- * How long the kernel may trust what it cached (refined later with host-pushed invalidations):
- * - none: nothing cached (timeouts 0, direct I/O): always consistent, slowest;
+ * How long the kernel may trust what it cached. In every mode the host pushes what changes
+ * (guest-agent/coherence/) and the agent drops exactly that from the kernel's caches.
+ * - none: nothing cached (timeouts 0, direct I/O): every access asks the host;
  * - auto: 1 s for names and attributes, page cache dropped on open when the file changed;
- * - long: 1 day, and the page cache is kept across opens: relies on invalidations from the host.
+ * - long: names, attributes, file data and directory listings are kept
+ *   until the host says they changed, and at most `revalidate` seconds (default 60): the bound on
+ *   how stale a change the host could not see (another host of a network file system, a directory
+ *   beyond the inotify watch limit) can be.
  */
 export type CacheMode = 'none' | 'auto' | 'long';
 
@@ -32,6 +37,10 @@ export interface MountOptions {
   attrTimeout?: number;
   negativeTimeout?: number;
   cache?: CacheMode;
+  /** Seconds a cached name or attribute is trusted in cache=long (default 60; 0: no bound). */
+  revalidate?: number;
+  /** Raise inotify events in the guest for changes made elsewhere (default true). */
+  inotify?: boolean;
   writeback?: boolean;
   /** Generic mount flags passed to the kernel (nodev, nosuid, noatime...). */
   flags?: string[];
@@ -58,7 +67,11 @@ export const OPTION_HELP = `  allow_other            let other users than the mo
   ro | rw                read-only / read-write mount
   auto_unmount           unmount by itself if the agent dies, even by SIGKILL (the default of
                          \`dirvisor-guest mount\`; no_auto_unmount keeps a dead mount in place)
-  cache=none|auto|long   kernel caching: none; 1 s (default); 1 day, kept coherent by the host
+  cache=none|auto|long   kernel caching: none; 1 s; long (the host's default), kept coherent by
+                         invalidations the host pushes
+  revalidate=SEC         cache=long: revalidate cached names and attributes after SEC seconds
+                         anyway (default 60; 0: never), for changes the host cannot see
+  noinotify              do not raise inotify events in the guest for changes made elsewhere
   entry_timeout=SEC      how long names are cached (overrides cache=)
   attr_timeout=SEC       how long attributes are cached (overrides cache=)
   negative_timeout=SEC   how long "no such file" is cached (default 0)
@@ -96,6 +109,8 @@ const BOOLEANS: Record<string, [keyof MountOptions, boolean]> = {
   writeback_cache: ['writeback', true],
   no_writeback: ['writeback', false],
   no_writeback_cache: ['writeback', false],
+  inotify: ['inotify', true],
+  noinotify: ['inotify', false],
 };
 
 const INTEGERS: Record<string, keyof MountOptions> = {
@@ -109,6 +124,7 @@ const SECONDS: Record<string, keyof MountOptions> = {
   entry_timeout: 'entryTimeout',
   attr_timeout: 'attrTimeout',
   negative_timeout: 'negativeTimeout',
+  revalidate: 'revalidate',
 };
 
 const PASSTHROUGH = new Set([
@@ -212,12 +228,24 @@ export interface Timeouts {
   directIo: boolean;
 }
 
+/**
+ * Whether the kernel keeps directory listings across opens (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE; the
+ * adapter then answers opendir itself and opens on the host only when a listing is read): cache=long.
+ */
+export function cachesDirectories(opts: MountOptions): boolean {
+  return opts.cache === 'long';
+}
+
+/** Default bound on staleness in cache=long, in seconds (as NFS's acregmax/acdirmax). */
+export const DEFAULT_REVALIDATE = 60;
+
 /** The cache behaviour implied by the options: `cache` gives defaults, explicit timeouts win. */
 export function cacheTimeouts(opts: MountOptions): Timeouts {
   const mode = opts.cache ?? 'auto';
+  const bound = opts.revalidate === 0 ? 86400 * 365 : opts.revalidate ?? DEFAULT_REVALIDATE;
   const base: Timeouts =
     mode === 'none' ? { entry: 0, attr: 0, negative: 0, keepCache: false, directIo: true }
-    : mode === 'long' ? { entry: 86400, attr: 86400, negative: 0, keepCache: true, directIo: false }
+    : mode === 'long' ? { entry: bound, attr: bound, negative: 0, keepCache: true, directIo: false }
     : { entry: 1, attr: 1, negative: 0, keepCache: false, directIo: false };
   return {
     ...base,

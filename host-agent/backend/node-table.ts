@@ -30,6 +30,8 @@ export class NodeTable {
   private readonly byId = new Map<number, Node>();
   private readonly byKey = new Map<string, Node>();
   private nextId = ROOT_ID + 1;
+  /** Told the key of every node that leaves the table (coherence: stop watching what nobody knows). */
+  onRemove?: (key: string) => void;
 
   constructor(
     private readonly maxNodes: number,
@@ -75,6 +77,16 @@ export class NodeTable {
     return node;
   }
 
+  /** The id of the node for inode `key` ("dev:ino"), if known. */
+  idOfKey(key: string): number | undefined {
+    return this.byKey.get(key)?.id;
+  }
+
+  /** The inode key of a known node id. */
+  keyOfId(id: number): string | undefined {
+    return this.byId.get(id)?.key;
+  }
+
   /** Pins a node for the duration of an operation. Unknown ids: ESTALE (see posix.ts). */
   pin(id: number): Node {
     const node = this.byId.get(id);
@@ -106,5 +118,6 @@ export class NodeTable {
     if (this.byKey.get(node.key) === node) this.byKey.delete(node.key);
     node.dead = true;
     if (node.pins === 0) this.closeFd(node.fd);
+    this.onRemove?.(node.key);
   }
 }

@@ -150,6 +150,51 @@ export class PosixBackend implements FileSystem {
     return { nodes: this.nodes.size, handles: this.handles.size };
   }
 
+  // ---- identity lookups (host-agent/coherence/identity.ts: NodeIdentity) ---------------------------
+
+  /** "dev:ino" of a node this view knows. */
+  keyOf(nodeId: number): string | undefined {
+    return this.nodes.keyOfId(nodeId);
+  }
+
+  /** This view's node id for inode "dev:ino", if it knows it. */
+  nodeOf(key: string): number | undefined {
+    return this.nodes.idOfKey(key);
+  }
+
+  /** lstat of `name` in directory node `dir`, with the agent's credentials; null if there is none. */
+  async statChild(dir: number, name: Buffer): Promise<Stat | null> {
+    return this.withNode(dir, (p) => sys.fstatat(p.fd, name, C.AT_SYMLINK_NOFOLLOW)).catch((err: unknown) => {
+      const errno = errnoOf(err);
+      if (errno === E.ENOENT || errno === E.ENOTDIR) return null;
+      throw err;
+    });
+  }
+
+  async statNode(nodeId: number): Promise<Stat> {
+    return this.withNode(nodeId, (n) => sys.fstatat(n.fd));
+  }
+
+  /** Runs `fn` with the node's O_PATH fd, open for the duration of the (synchronous) call. */
+  withNodeFd<T>(nodeId: number, fn: (fd: number) => T): T | undefined {
+    let n: Node;
+    try {
+      n = this.nodes.pin(nodeId);
+    } catch {
+      return undefined;
+    }
+    try {
+      return fn(n.fd);
+    } finally {
+      this.nodes.unpin(n);
+    }
+  }
+
+  /** Tells `listener` the key of every node this view forgets. */
+  onNodeDropped(listener: (key: string) => void): void {
+    this.nodes.onRemove = listener;
+  }
+
   // ---- nodes and entries ------------------------------------------------------------------------
 
   async lookup(caller: Caller, parent: number, name: Buffer): Promise<Entry> {

@@ -6,6 +6,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFuse(env, exports);
   InitSys(env, exports);
   InitSystemd(env, exports);
+  InitInotify(env, exports);
   return exports;
 }
 

@@ -3,6 +3,7 @@
 //   uv_stream.cc a libuv pipe handle over any stream fd, exposed to JS as a read/write primitive
 //   fuse.cc      libfuse3 low-level session: requests to JS, replies and notifications back
 //   sys.cc       fd-relative file syscalls run off the JS thread, with per-call fs credentials
+//   inotify.cc   inotify instances and watches (events are read through a UvStream)
 #pragma once
 #include <napi.h>
 
@@ -11,3 +12,4 @@ void InitUvStream(Napi::Env env, Napi::Object exports);
 void InitFuse(Napi::Env env, Napi::Object exports);
 void InitSys(Napi::Env env, Napi::Object exports);
 void InitSystemd(Napi::Env env, Napi::Object exports);
+void InitInotify(Napi::Env env, Napi::Object exports);

@@ -6,6 +6,9 @@
 //                  and posts it to JS through a thread-safe function, never waiting for JS.
 //   notify thread  serves kernel cache notifications from a queue: they may block until the kernel
 //                  gets replies that only the JS thread can send, so JS must never call them itself.
+//                  It also replays changes made elsewhere through the mount (replay jobs: mknod,
+//                  unlink, rename... on paths under the mountpoint) so that the kernel raises inotify
+//                  events; JS recognises its requests by its thread id and answers them locally.
 //   unmount thread short-lived, one per unmount(): umount2 may flush dirty pages through FUSE.
 #pragma once
 
@@ -104,10 +107,17 @@ struct SessionConfig {
 
 // A queued kernel notification; `deferred` is only touched on the JS thread.
 struct NotifyJob {
-  enum Kind { INVAL_ENTRY, EXPIRE_ENTRY, INVAL_INODE, DELETE, STORE } kind;
+  enum Kind { INVAL_ENTRY, EXPIRE_ENTRY, INVAL_INODE, DELETE, STORE, REPLAY } kind;
+  // REPLAY: a syscall on entry `rname` of directory `rdir` (a path relative to the mount's root,
+  // "" for the root itself); rename moves it to `rname2` in `rdir2`; `target` is a symlink's.
+  enum ReplayOp { R_MKNOD, R_MKDIR, R_SYMLINK, R_UNLINK, R_RMDIR, R_RENAME, R_WRITE, R_UTIMENS };
+  ReplayOp replay = R_MKNOD;
   uint64_t ino = 0, child = 0;
   int64_t off = 0, len = 0;
-  std::string name;
+  uint32_t mode = 0;
+  timespec times[2] = {};
+  std::string name, name2;
+  std::string rdir, rname, rdir2, rname2, target;
   std::vector<char> data;
   napi_deferred deferred = nullptr;
 };
@@ -130,6 +140,7 @@ struct Core {
   std::deque<std::unique_ptr<NotifyJob>> jobs;
   bool notifyOpen = false;  // accepting jobs (mounted, loop running)
   std::thread notifier;
+  std::atomic<int> notifyTid{0};  // the notify thread's tid: the pid FUSE reports for its replays
 
   void Post(Event* ev);  // from any thread; takes ownership
   void Run();  // loop thread body (fuse_ops.cc)

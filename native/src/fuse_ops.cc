@@ -4,8 +4,12 @@
 #include "fuse_internal.h"
 
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -409,8 +413,118 @@ fuse_lowlevel_ops MakeOps() {
   return ops;
 }
 
-int RunJob(fuse_session* se, NotifyJob& j) {
+// A replay: one syscall through the mount, made by this (the notify) thread so that the kernel
+// raises the inotify events a local change would; JS answers its FUSE requests without the host.
+// Everything is relative to an fd of the mount's root, resolved with openat2 beneath it, without
+// following any symlink and without leaving the mount, on single-component names: whatever the
+// names and links the host reports, a replay cannot reach anything outside this mount.
+bool SafeName(const std::string& n) {
+  return !n.empty() && n.size() <= 255 && n != "." && n != ".." && n.find('/') == std::string::npos &&
+         n.find('\0') == std::string::npos;
+}
+
+// Opened for each replay and closed after it: an fd kept open would keep the mount busy.
+int OpenReplayRoot(Core& core) {
+  int fd = open(core.mountpoint.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  struct statfs sf;
+  if (fstatfs(fd, &sf) != 0 || sf.f_type != 0x65735546 /* FUSE_SUPER_MAGIC */) {
+    close(fd);
+    return -ENOTSUP;
+  }
+  return fd;
+}
+
+// An O_PATH fd of directory `rel` beneath `root` ("": the root itself, duplicated).
+int OpenBeneath(int root, const std::string& rel) {
+  if (rel.empty()) {
+    int fd = fcntl(root, F_DUPFD_CLOEXEC, 0);
+    return fd < 0 ? -errno : fd;
+  }
+  if (rel.find('\0') != std::string::npos || rel[0] == '/') return -EINVAL;
+  open_how how;
+  memset(&how, 0, sizeof how);
+  how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS;
+  int fd = static_cast<int>(syscall(SYS_openat2, root, rel.c_str(), &how, sizeof how));
+  return fd < 0 ? -errno : fd;
+}
+
+int RunReplayIn(int root, NotifyJob& j);
+
+int RunReplay(Core& core, NotifyJob& j) {
+  if (!SafeName(j.rname) || (j.replay == NotifyJob::R_RENAME && !SafeName(j.rname2))) return -EINVAL;
+  int root = OpenReplayRoot(core);
+  if (root < 0) return root;
+  int rc = RunReplayIn(root, j);
+  close(root);
+  return rc;
+}
+
+int RunReplayIn(int root, NotifyJob& j) {
+  int dfd = OpenBeneath(root, j.rdir);
+  if (dfd < 0) return dfd;
+  const char* name = j.rname.c_str();
+  int rc = 0;
+  switch (j.replay) {
+    case NotifyJob::R_MKNOD: rc = mknodat(dfd, name, j.mode, 0); break;
+    case NotifyJob::R_MKDIR: rc = mkdirat(dfd, name, j.mode & 07777); break;
+    case NotifyJob::R_SYMLINK: rc = symlinkat(j.target.c_str(), dfd, name); break;
+    case NotifyJob::R_UNLINK: rc = unlinkat(dfd, name, 0); break;
+    case NotifyJob::R_RMDIR: rc = unlinkat(dfd, name, AT_REMOVEDIR); break;
+    case NotifyJob::R_RENAME: {
+      int dfd2 = OpenBeneath(root, j.rdir2);
+      if (dfd2 < 0) {
+        close(dfd);
+        return dfd2;
+      }
+      rc = renameat(dfd, name, dfd2, j.rname2.c_str());
+      int err = rc < 0 ? errno : 0;
+      close(dfd2);
+      close(dfd);
+      return -err;
+    }
+    case NotifyJob::R_WRITE: {
+      // open + one byte written at `off` (or truncated to 0 when off < 0) + close: IN_OPEN,
+      // IN_MODIFY, IN_CLOSE_WRITE, as a writer elsewhere would have caused. Regular files only:
+      // looked up without following, checked, then opened through that very inode.
+      int pfd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+      if (pfd < 0) {
+        rc = -errno;
+        close(dfd);
+        return rc;
+      }
+      struct stat st;
+      int fd = -1;
+      if (fstat(pfd, &st) != 0) rc = -errno;
+      else if (!S_ISREG(st.st_mode)) rc = -EINVAL;
+      else {
+        std::string self = "/proc/self/fd/" + std::to_string(pfd);
+        fd = open(self.c_str(), O_WRONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+        if (fd < 0) rc = -errno;
+      }
+      close(pfd);
+      if (fd >= 0) {
+        const char zero = 0;
+        if (j.off >= 0) rc = pwrite(fd, &zero, 1, j.off) == 1 ? 0 : -errno;
+        else rc = ftruncate(fd, 0) == 0 ? 0 : -errno;
+        close(fd);
+      }
+      close(dfd);
+      return rc;
+    }
+    case NotifyJob::R_UTIMENS: rc = utimensat(dfd, name, j.times, AT_SYMLINK_NOFOLLOW); break;
+  }
+  int err = rc < 0 ? errno : 0;
+  close(dfd);
+  return -err;
+}
+
+int RunJob(Core& core, NotifyJob& j) {
+  fuse_session* se = core.se;
   switch (j.kind) {
+    case NotifyJob::REPLAY:
+      return RunReplay(core, j);
     case NotifyJob::INVAL_ENTRY:
       return fuse_lowlevel_notify_inval_entry(se, j.ino, j.name.data(), j.name.size());
     case NotifyJob::EXPIRE_ENTRY:
@@ -489,6 +603,7 @@ bool Core::PushJob(std::unique_ptr<NotifyJob>& job) {
 
 void Core::NotifyLoop() {
   BlockSignals();
+  notifyTid = static_cast<int>(syscall(SYS_gettid));
   for (;;) {
     std::unique_ptr<NotifyJob> job;
     bool open;
@@ -501,7 +616,7 @@ void Core::NotifyLoop() {
       open = notifyOpen;
     }
     // Once the loop has ended the connection is gone: fail what is left without touching it.
-    int res = open ? RunJob(se, *job) : -ENOTCONN;
+    int res = open ? RunJob(*this, *job) : -ENOTCONN;
     Post(new ResultEvent(job->deferred, res < 0 ? -res : 0));
   }
 }

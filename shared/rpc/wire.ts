@@ -21,7 +21,7 @@ const REPLIES = new Set<BodyKind>([
   'entry', 'attr', 'opened', 'created', 'data', 'size', 'dir', 'statfsReply', 'offset',
 ]);
 const EVENTS = new Set<BodyKind>([
-  'cancel', 'goodbye', 'forget', 'invalidateInode', 'invalidateEntry', 'exportsChanged',
+  'cancel', 'goodbye', 'forget', 'invalidateInode', 'invalidateEntry', 'exportsChanged', 'changes',
 ]);
 
 export type Role = 'request' | 'reply' | 'event';

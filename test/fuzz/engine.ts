@@ -150,6 +150,12 @@ export async function runFuzz(cfg: FuzzConfig): Promise<FuzzReport> {
     clearInterval(sampler);
     process.off('uncaughtException', onUncaught);
     process.off('unhandledRejection', onRejection);
+    // What the host said about the sessions findings happened on (its log may lag a little).
+    await sleep(300);
+    for (const f of stats.findings.values()) {
+      const why = f.session ? host.closeReasonOf(f.session) : undefined;
+      if (why) f.message += ` (the host logged for ${f.session}: connection closed, "${why}")`;
+    }
     for (const [k, v] of host.errorKinds) {
       stats.find('host', 'error-logged', `the host logged ${v.count} line(s) at level error: ${k}\n      e.g. ${v.sample}`, k);
     }

@@ -1,7 +1,8 @@
 // The host agent under test, as the product runs it: `node bin/dirvisor-host.js serve DIR --listen
 // unix://... --token T` (serveDirectory) in a child process, so that a crash is an exit we see,
-// and its memory is its own (VmRSS from /proc). Its log is read at "warn": every session it
-// closes for a protocol violation says so, and anything at "error" is worth a look.
+// and its memory is its own (VmRSS from /proc). Its log is read at "info": every session it
+// closes for a protocol violation says so, it says why it closed each connection (matched to our
+// sessions by the agent name in their Hello), and anything at "error" is worth a look.
 import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -22,6 +23,8 @@ export interface HostProcess {
   violationCount: number;
   /** Other log lines at level warn, by message and reason. */
   warnings: Map<string, number>;
+  /** Why the host says it closed the connection whose Hello gave this agent name (log level info). */
+  closeReasonOf(agent: string): string | undefined;
   /** Log lines at level error or above (first 50), how many there were, and by message. */
   errorLines: string[];
   errorCount: number;
@@ -59,10 +62,12 @@ export async function startHostProcess(dir: string, workDir: string, opts: { log
   const proc = spawn(process.execPath, [...nodeArgs, path.join(REPO, 'bin/dirvisor-host.js'), 'serve', dir, '--listen', uri, '--token', token, ...(opts.args ?? [])], {
     cwd: REPO,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, DIRVISOR_LOG_LEVEL: opts.logLevel ?? process.env.FUZZ_HOST_LOG_LEVEL ?? 'warn' },
+    env: { ...process.env, DIRVISOR_LOG_LEVEL: opts.logLevel ?? process.env.FUZZ_HOST_LOG_LEVEL ?? 'info' },
   });
   // FUZZ_HOST_LOG=FILE keeps the host's whole log (with FUZZ_HOST_LOG_LEVEL=debug, say).
   if (process.env.FUZZ_HOST_LOG) proc.stdout!.pipe(fs.createWriteStream(process.env.FUZZ_HOST_LOG));
+  const connOfAgent = new Map<string, number>();
+  const closeReasons = new Map<number, string>();
   const h: HostProcess = {
     proc,
     pid: proc.pid!,
@@ -72,6 +77,10 @@ export async function startHostProcess(dir: string, workDir: string, opts: { log
     violations: new Map(),
     violationCount: 0,
     warnings: new Map(),
+    closeReasonOf: (agent) => {
+      const conn = connOfAgent.get(agent);
+      return conn === undefined ? undefined : closeReasons.get(conn);
+    },
     errorLines: [],
     errorCount: 0,
     errorKinds: new Map(),
@@ -102,13 +111,18 @@ export async function startHostProcess(dir: string, workDir: string, opts: { log
     h.stderr = (h.stderr + c.toString()).slice(-20_000);
   });
   readline.createInterface({ input: proc.stdout! }).on('line', (line) => {
-    let rec: { level?: number; msg?: string; reason?: string; err?: { type?: string; message?: string; stack?: string } };
+    let rec: { level?: number; msg?: string; reason?: string; conn?: number; agent?: string; err?: { type?: string; message?: string; stack?: string } };
     try {
       rec = JSON.parse(line);
     } catch {
       h.errorCount++;
       if (h.errorLines.length < 50) h.errorLines.push(`(not JSON) ${line.slice(0, 500)}`);
       return;
+    }
+    if (rec.msg === 'peer identified' && rec.agent?.startsWith('fuzz-session-') && rec.conn !== undefined) {
+      connOfAgent.set(rec.agent, rec.conn);
+    } else if (rec.msg === 'connection closed' && rec.conn !== undefined && connOfAgent.size > 0) {
+      closeReasons.set(rec.conn, String(rec.reason));
     }
     if (rec.msg === 'protocol violation; closing session') {
       h.violationCount++;

@@ -11,6 +11,8 @@ export interface Finding {
   count: number;
   /** File with the bytes/operations that led to it, when there is one. */
   reproducer?: string;
+  /** The fuzz session it happened on (the agent name of its Hello), when it is one. */
+  session?: string;
 }
 
 export class FuzzStats {
@@ -42,14 +44,14 @@ export class FuzzStats {
    * Records a finding; `signature` groups repeats (only the first writes a reproducer).
    * `reproducer` is written lazily, so repeats cost nothing.
    */
-  find(side: 'host' | 'guest', kind: string, message: string, signature = '', reproducer?: () => string | Buffer, ext = 'txt'): void {
+  find(side: 'host' | 'guest', kind: string, message: string, signature = '', reproducer?: () => string | Buffer, ext = 'txt', session?: string): void {
     const key = `${side}:${kind}:${signature}`;
     const known = this.findings.get(key);
     if (known) {
       known.count++;
       return;
     }
-    const f: Finding = { side, kind, message, count: 1 };
+    const f: Finding = { side, kind, message, count: 1, session };
     if (reproducer) {
       fs.mkdirSync(this.outDir, { recursive: true });
       f.reproducer = path.join(this.outDir, `${side}-${kind}-${this.findings.size + 1}.${ext}`);

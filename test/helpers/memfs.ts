@@ -150,12 +150,12 @@ export class MemFs implements FileSystem {
     return this.nodes.get(parent)?.children?.get(Buffer.from(name).toString('latin1'))?.id;
   }
 
-  /** Replaces a file's contents. */
-  setContent(id: number, data: Buffer): void {
+  /** Replaces a file's contents; with keepTimes, the kernel cannot tell from the attributes. */
+  setContent(id: number, data: Buffer, keepTimes = false): void {
     const n = this.node(id);
     n.data = Buffer.from(data);
     n.size = data.length;
-    n.mtime = n.ctime = now();
+    if (!keepTimes) n.mtime = n.ctime = now();
   }
 
   // ---- FileSystem ----
