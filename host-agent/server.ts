@@ -14,6 +14,7 @@ import { dispatchFsRequest, dispatchForget, callerFromWire, unknownExport } from
 import type { pb } from '../shared/rpc/wire.js';
 import { VmLimiter, FdBudgetFs, DEFAULT_VM_LIMITS, type VmLimitOptions } from './limits.js';
 import type { CoherenceHub, Subscription } from './coherence/hub.js';
+import { identityOf, withIdentity } from './coherence/identity.js';
 
 export type CacheMode = 'long' | 'auto' | 'none';
 
@@ -230,6 +231,9 @@ export class HostServer {
         let fs: FileSystem;
         try {
           fs = new FdBudgetFs(opened, this.vmLimiter(view.vmName));
+          // The wrapper has the opened view's node identities (coherence finds them on it).
+          const identity = identityOf(opened);
+          if (identity) withIdentity(fs, identity);
         } catch (err) {
           await opened.destroy().catch(() => {});
           throw err;
@@ -248,8 +252,7 @@ export class HostServer {
           throw new FsError(E.ENOTCONN, 'connection closed');
         }
         const exportId = allocId();
-        // The opened view (not its fd-budget wrapper) carries the node identities coherence needs.
-        conn.mounts.set(exportId, { def, fs, sub: this.coherence?.subscribe(opened, conn.session, exportId) });
+        conn.mounts.set(exportId, { def, fs, sub: this.coherence?.subscribe(fs, conn.session, exportId) });
         log.info({ export: name, exportId }, 'export mounted');
         return { body: { mountReply: { exportId, info: exportInfo(def), root: attrToWire(root) } } };
       }

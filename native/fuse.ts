@@ -133,21 +133,15 @@ export interface NativeFuseSession {
   notifyInvalInode(node: number, offset: number, length: number): Promise<number>;
   notifyDelete(parent: number, child: number, name: Buffer): Promise<number>;
   notifyStore(node: number, offset: number, data: Uint8Array): Promise<number>;
-
-  /**
-   * Replays a change through the mount: one syscall on entry `name` of directory `dir` (relative to
-   * the mount's root: names joined by "/", empty for the root), made by the notify thread in order
-   * with the notifications, so that the kernel raises the inotify events a local change would. The
-   * directory is resolved beneath the mount's root without following symlinks or leaving the mount
-   * (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV), and `name` must be one
-   * component. Its FUSE requests carry `replayThreadId` as their pid; whoever serves the mount must
-   * answer them without waiting for the notify thread. Resolves 0 or a positive errno.
-   */
-  replay(op: ReplayOp): Promise<number>;
-  /** The notify thread's id (0 until mounted). */
-  readonly replayThreadId: number;
 }
 
+/**
+ * A change replayed through a mount so that the kernel raises the inotify events a local change
+ * would: one syscall on entry `name` of directory `dir`, made by guest-agent/coherence/
+ * replay-process.ts (never by the process serving the mount). The directory is resolved beneath
+ * the mount's root without following symlinks or leaving the mount (openat2 RESOLVE_BENEATH |
+ * RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV), and `name` must be one component.
+ */
 interface ReplayAt {
   /** The directory, relative to the mount's root ("" for the root). */
   dir: Buffer;

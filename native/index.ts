@@ -13,5 +13,8 @@ function locate(): string {
   return path.resolve(here, '..', '..', 'build', 'Release', 'dirvisor_native.node');
 }
 
+/** The addon file this process loaded (a helper process loads the same one). */
+export const nativePath = locate();
+
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const native: any = require(locate());
+export const native: any = require(nativePath);

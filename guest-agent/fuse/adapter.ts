@@ -16,6 +16,7 @@ import type { Logger } from '../../shared/log.js';
 import { cacheTimeouts, cachesDirectories, type MountOptions, type Timeouts } from './options.js';
 import { LazyDirs } from './lazy-dirs.js';
 import { DEFAULT_READAHEAD_BYTES, setReadahead } from './readahead.js';
+import { replayProcess } from '../coherence/replay-process.js';
 
 const O_ACCMODE = 3; // not among Node's fs constants
 
@@ -64,9 +65,9 @@ export interface Mount {
   /** Pushes data into the kernel's page cache. */
   store(node: number, offset: number, data: Uint8Array): Promise<void>;
   /**
-   * Replays a change made elsewhere through the mount (a syscall by the notification thread, in
-   * order with the notifications) so the kernel raises inotify events; 0 or a positive errno. Its
-   * requests carry `replayThreadId` as pid; MountCoherence.intercept answers them.
+   * Replays a change made elsewhere through the mount (a syscall made by the replay helper process,
+   * see coherence/replay-process.ts) so the kernel raises inotify events; 0 or a positive errno.
+   * Its requests carry `replayThreadId` as pid; MountCoherence.intercept answers them.
    */
   replay(op: ReplayOp): Promise<number>;
   readonly replayThreadId: number;
@@ -178,11 +179,11 @@ class FuseMount implements Mount {
   }
 
   replay(op: ReplayOp): Promise<number> {
-    return this.session.replay(op);
+    return replayProcess().run(this.mountpoint, op);
   }
 
   get replayThreadId(): number {
-    return this.session.replayThreadId;
+    return replayProcess().pid;
   }
 
   private async notified(p: Promise<number>, what: string): Promise<void> {

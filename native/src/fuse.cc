@@ -4,8 +4,6 @@
 //   mount(): Promise<void>                 mounts on the loop thread, then serves requests
 //   reply*(id, ...): number                0 or -errno from libfuse (the kernel may have given up)
 //   notify*(...): Promise<number>          0 or a positive errno, served by the notify thread
-//   replay({ op, dir, name, ... }): Promise<number>  a syscall through the mount, on the notify thread
-//   replayThreadId: number                 that thread's id (the pid FUSE reports for its requests)
 //   unmount(lazy): Promise<number>         0 or a positive errno; 'exit' follows when the mount goes
 #include "addon.h"
 #include "fuse_internal.h"
@@ -171,8 +169,6 @@ class FuseSession : public Napi::ObjectWrap<FuseSession> {
       InstanceMethod<&FuseSession::NotifyInvalInode>("notifyInvalInode"),
       InstanceMethod<&FuseSession::NotifyDelete>("notifyDelete"),
       InstanceMethod<&FuseSession::NotifyStore>("notifyStore"),
-      InstanceMethod<&FuseSession::Replay>("replay"),
-      InstanceAccessor<&FuseSession::GetReplayTid>("replayThreadId"),
     });
   }
 
@@ -456,46 +452,6 @@ class FuseSession : public Napi::ObjectWrap<FuseSession> {
     std::string d = Bytes(info.Env(), info[2]);  // copied: JS may reuse the buffer meanwhile
     job->data.assign(d.begin(), d.end());
     return Notify(info, std::move(job));
-  }
-
-  // replay({ op, dir, name, dir2?, name2?, target?, mode?, offset?, atime?, mtime? }): entry `name`
-  // of directory `dir` (relative to the mount's root, "" for the root). op is one of mknod, mkdir,
-  // symlink (target), unlink, rmdir, rename (to name2 in dir2), write (offset < 0: truncate to 0),
-  // utimens (atime, mtime as { sec, nsec }).
-  Napi::Value Replay(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (!info[0].IsObject()) throw Napi::TypeError::New(env, "replay: expected an object");
-    auto o = info[0].As<Napi::Object>();
-    static const std::pair<const char*, NotifyJob::ReplayOp> kOps[] = {
-        {"mknod", NotifyJob::R_MKNOD}, {"mkdir", NotifyJob::R_MKDIR},   {"symlink", NotifyJob::R_SYMLINK},
-        {"unlink", NotifyJob::R_UNLINK}, {"rmdir", NotifyJob::R_RMDIR}, {"rename", NotifyJob::R_RENAME},
-        {"write", NotifyJob::R_WRITE}, {"utimens", NotifyJob::R_UTIMENS}};
-    std::string op = o.Get("op").ToString().Utf8Value();
-    auto job = std::make_unique<NotifyJob>();
-    job->kind = NotifyJob::REPLAY;
-    bool known = false;
-    for (auto& k : kOps)
-      if (op == k.first) job->replay = k.second, known = true;
-    if (!known) throw Napi::TypeError::New(env, "replay: unknown op " + op);
-    auto str = [&](const char* key) {
-      Napi::Value v = o.Get(key);
-      return v.IsUndefined() || v.IsNull() ? std::string() : Bytes(env, v);
-    };
-    job->rdir = str("dir");
-    job->rname = str("name");
-    job->rdir2 = str("dir2");
-    job->rname2 = str("name2");
-    job->target = str("target");
-    if (job->target.find('\0') != std::string::npos) throw Napi::TypeError::New(env, "replay: NUL in target");
-    job->mode = static_cast<uint32_t>(Num(o, "mode"));
-    job->off = static_cast<int64_t>(Num(o, "offset"));
-    ToTimespec(o, "atime", job->times[0]);
-    ToTimespec(o, "mtime", job->times[1]);
-    return Notify(info, std::move(job));
-  }
-
-  Napi::Value GetReplayTid(const Napi::CallbackInfo& info) {
-    return Napi::Number::New(info.Env(), core_->notifyTid.load());
   }
 
   std::unique_ptr<Core> core_;
@@ -829,9 +785,49 @@ void CallJs(Napi::Env env, Napi::Function, Core* core, Event* ev) {
   }
 }
 
+// replaySync(mountpoint, { op, dir, name, dir2?, name2?, target?, mode?, offset?, atime?, mtime? })
+// -> 0 or a positive errno. One syscall on entry `name` of directory `dir` (relative to the mount's
+// root, "" for the root), made on the calling thread. op is one of mknod, mkdir, symlink (target),
+// unlink, rmdir, rename (to name2 in dir2), write (offset < 0: truncate to 0), utimens (atime,
+// mtime as { sec, nsec }). Only for a process that does not serve the mount (the replay process).
+Napi::Value ReplaySync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsObject())
+    throw Napi::TypeError::New(env, "replaySync(mountpoint, op)");
+  std::string mountpoint = info[0].As<Napi::String>().Utf8Value();
+  auto o = info[1].As<Napi::Object>();
+  static const std::pair<const char*, NotifyJob::ReplayOp> kOps[] = {
+      {"mknod", NotifyJob::R_MKNOD}, {"mkdir", NotifyJob::R_MKDIR},   {"symlink", NotifyJob::R_SYMLINK},
+      {"unlink", NotifyJob::R_UNLINK}, {"rmdir", NotifyJob::R_RMDIR}, {"rename", NotifyJob::R_RENAME},
+      {"write", NotifyJob::R_WRITE}, {"utimens", NotifyJob::R_UTIMENS}};
+  std::string op = o.Get("op").ToString().Utf8Value();
+  NotifyJob job;
+  job.kind = NotifyJob::REPLAY;
+  bool known = false;
+  for (auto& k : kOps)
+    if (op == k.first) job.replay = k.second, known = true;
+  if (!known) throw Napi::TypeError::New(env, "replay: unknown op " + op);
+  auto str = [&](const char* key) {
+    Napi::Value v = o.Get(key);
+    return v.IsUndefined() || v.IsNull() ? std::string() : Bytes(env, v);
+  };
+  job.rdir = str("dir");
+  job.rname = str("name");
+  job.rdir2 = str("dir2");
+  job.rname2 = str("name2");
+  job.target = str("target");
+  if (job.target.find('\0') != std::string::npos) throw Napi::TypeError::New(env, "replay: NUL in target");
+  job.mode = static_cast<uint32_t>(Num(o, "mode"));
+  job.off = static_cast<int64_t>(Num(o, "offset"));
+  ToTimespec(o, "atime", job.times[0]);
+  ToTimespec(o, "mtime", job.times[1]);
+  return Napi::Number::New(env, -RunReplayAt(mountpoint, job));
+}
+
 }  // namespace dvfuse
 
 void InitFuse(Napi::Env env, Napi::Object exports) {
   exports.Set("FuseSession", dvfuse::FuseSession::Init(env));
   exports.Set("fuseVersion", Napi::Number::New(env, fuse_version()));
+  exports.Set("replaySync", Napi::Function::New<dvfuse::ReplaySync>(env, "replaySync"));
 }

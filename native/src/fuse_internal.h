@@ -107,7 +107,7 @@ struct SessionConfig {
 
 // A queued kernel notification; `deferred` is only touched on the JS thread.
 struct NotifyJob {
-  enum Kind { INVAL_ENTRY, EXPIRE_ENTRY, INVAL_INODE, DELETE, STORE, REPLAY } kind;
+  enum Kind { INVAL_ENTRY, EXPIRE_ENTRY, INVAL_INODE, DELETE, STORE, REPLAY } kind;  // REPLAY: see RunReplayAt
   // REPLAY: a syscall on entry `rname` of directory `rdir` (a path relative to the mount's root,
   // "" for the root itself); rename moves it to `rname2` in `rdir2`; `target` is a symlink's.
   enum ReplayOp { R_MKNOD, R_MKDIR, R_SYMLINK, R_UNLINK, R_RMDIR, R_RENAME, R_WRITE, R_UTIMENS };
@@ -140,7 +140,6 @@ struct Core {
   std::deque<std::unique_ptr<NotifyJob>> jobs;
   bool notifyOpen = false;  // accepting jobs (mounted, loop running)
   std::thread notifier;
-  std::atomic<int> notifyTid{0};  // the notify thread's tid: the pid FUSE reports for its replays
 
   void Post(Event* ev);  // from any thread; takes ownership
   void Run();  // loop thread body (fuse_ops.cc)
@@ -170,5 +169,9 @@ struct ResultEvent final : Event {
 };
 
 const fuse_lowlevel_ops* LowlevelOps();
+
+// Runs a REPLAY job on the calling thread, beneath the FUSE mount at `mountpoint`: 0 or -errno.
+// Only ever from a process that does not serve that mount (see fuse_ops.cc).
+int RunReplayAt(const std::string& mountpoint, NotifyJob& j);
 
 }  // namespace dvfuse

@@ -413,8 +413,11 @@ fuse_lowlevel_ops MakeOps() {
   return ops;
 }
 
-// A replay: one syscall through the mount, made by this (the notify) thread so that the kernel
-// raises the inotify events a local change would; JS answers its FUSE requests without the host.
+// A replay: one syscall through the mount so that the kernel raises the inotify events a local
+// change would; the agent answers its FUSE requests without the host. It runs in a separate
+// process (guest-agent/coherence/replay-process.ts), never in the one serving the mount: a thread
+// waiting in the kernel for an answer from its own process cannot be killed, and a SIGKILLed agent
+// would stay a zombie holding its mount.
 // Everything is relative to an fd of the mount's root, resolved with openat2 beneath it, without
 // following any symlink and without leaving the mount, on single-component names: whatever the
 // names and links the host reports, a replay cannot reach anything outside this mount.
@@ -424,8 +427,8 @@ bool SafeName(const std::string& n) {
 }
 
 // Opened for each replay and closed after it: an fd kept open would keep the mount busy.
-int OpenReplayRoot(Core& core) {
-  int fd = open(core.mountpoint.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+int OpenReplayRoot(const std::string& mountpoint) {
+  int fd = open(mountpoint.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return -errno;
   struct statfs sf;
   if (fstatfs(fd, &sf) != 0 || sf.f_type != 0x65735546 /* FUSE_SUPER_MAGIC */) {
@@ -451,15 +454,6 @@ int OpenBeneath(int root, const std::string& rel) {
 }
 
 int RunReplayIn(int root, NotifyJob& j);
-
-int RunReplay(Core& core, NotifyJob& j) {
-  if (!SafeName(j.rname) || (j.replay == NotifyJob::R_RENAME && !SafeName(j.rname2))) return -EINVAL;
-  int root = OpenReplayRoot(core);
-  if (root < 0) return root;
-  int rc = RunReplayIn(root, j);
-  close(root);
-  return rc;
-}
 
 int RunReplayIn(int root, NotifyJob& j) {
   int dfd = OpenBeneath(root, j.rdir);
@@ -523,8 +517,6 @@ int RunReplayIn(int root, NotifyJob& j) {
 int RunJob(Core& core, NotifyJob& j) {
   fuse_session* se = core.se;
   switch (j.kind) {
-    case NotifyJob::REPLAY:
-      return RunReplay(core, j);
     case NotifyJob::INVAL_ENTRY:
       return fuse_lowlevel_notify_inval_entry(se, j.ino, j.name.data(), j.name.size());
     case NotifyJob::EXPIRE_ENTRY:
@@ -543,6 +535,15 @@ int RunJob(Core& core, NotifyJob& j) {
 }
 
 }  // namespace
+
+int RunReplayAt(const std::string& mountpoint, NotifyJob& j) {
+  if (!SafeName(j.rname) || (j.replay == NotifyJob::R_RENAME && !SafeName(j.rname2))) return -EINVAL;
+  int root = OpenReplayRoot(mountpoint);
+  if (root < 0) return root;
+  int rc = RunReplayIn(root, j);
+  close(root);
+  return rc;
+}
 
 const fuse_lowlevel_ops* LowlevelOps() {
   static const fuse_lowlevel_ops ops = MakeOps();
@@ -603,7 +604,6 @@ bool Core::PushJob(std::unique_ptr<NotifyJob>& job) {
 
 void Core::NotifyLoop() {
   BlockSignals();
-  notifyTid = static_cast<int>(syscall(SYS_gettid));
   for (;;) {
     std::unique_ptr<NotifyJob> job;
     bool open;
