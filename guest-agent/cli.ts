@@ -8,6 +8,7 @@ import { createLogger } from '../shared/log.js';
 import { parse, runMain, UsageError } from '../shared/cli.js';
 import { mountRemote } from './mount-command.js';
 import { OPTION_HELP } from './fuse/options.js';
+import { unmountAll } from './fuse/signals.js';
 import { loadGuestConfig, DEFAULT_GUEST_CONFIG } from './config.js';
 import { GuestDaemon } from './daemon.js';
 import { sdNotify } from '../native/systemd.js';
@@ -83,7 +84,9 @@ async function mount(argv: string[]): Promise<number | void> {
   if (notify) process.disconnect();
   const stop = (signal: string) => {
     logger.info({ signal }, 'unmounting');
-    running.stop().catch((err) => logger.error({ err }, 'unmount failed'));
+    // Busy (a process inside, or a passing find): retried for a few seconds, then detached lazily,
+    // so the agent always ends; it keeps serving the last users of a lazy unmount until they let go.
+    void unmountAll([running.mount], 5000, logger);
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));

@@ -36,6 +36,15 @@ test.afterEach.always(async (t) => {
 
 const GiB = 1024 ** 3;
 
+/** `p`, or a clear failure after `ms` (a hang must fail the test, not stall the run). */
+function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms))),
+  ]);
+}
+
 // One strace at a time can attach to the host agent, and tests in this file run concurrently:
 // traced sections take turns. `stop` ends the trace (and the turn) and returns what it saw.
 let traceTurn: Promise<unknown> = Promise.resolve();
@@ -1241,7 +1250,7 @@ for (const sig of ['SIGTERM', 'SIGINT', 'SIGKILL'] as const) {
     t.is(await shOk(`ls ${g.mnt} >/dev/null && echo ok`), 'ok\n');
     const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => g.proc.once('exit', (code, signal) => resolve([code, signal])));
     g.proc.kill(sig);
-    const [code, signal] = await exited;
+    const [code, signal] = await within(exited, 20_000, `the agent to exit after ${sig}`);
     // SIGTERM/SIGINT: a clean exit once unmounted.
     t.deepEqual([code, signal], sig === 'SIGKILL' ? [null, 'SIGKILL'] : [0, null]);
     await waitFor(async () => !(await isMounted(g.mnt)), `${g.mnt} to go away`, { timeoutMs: 5000 });
@@ -1249,12 +1258,30 @@ for (const sig of ['SIGTERM', 'SIGINT', 'SIGKILL'] as const) {
   });
 }
 
+test('SIGTERM while a process works inside the mount: the agent detaches it lazily and ends when that process lets go', async (t) => {
+  const g = await mountGuest(ex.host.uri, { token: ex.host.token, mnt: path.join(ex.work, 'guest', 'sig-busy') });
+  t.teardown(() => g.unmount());
+  // A shell whose cwd is in the mount keeps it busy until told to leave.
+  const holder = spawn('sh', ['-c', 'cd "$1" && read line && ls >/dev/null && echo done', 'sh', g.mnt], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.teardown(() => { if (holder.exitCode === null) holder.kill('SIGKILL'); });
+  let said = '';
+  holder.stdout!.on('data', (c: Buffer) => (said += c.toString()));
+  await waitFor(async () => (await fs.readlink(`/proc/${holder.pid}/cwd`).catch(() => '')) === g.mnt, 'the holder to be inside');
+  const exited = new Promise((resolve) => g.proc.once('exit', resolve));
+  g.proc.kill('SIGTERM');
+  await waitFor(async () => !(await isMounted(g.mnt)), `${g.mnt} to be detached`, { timeoutMs: 15_000 });
+  t.is(g.proc.exitCode, null, 'still serving the process inside');
+  holder.stdin!.write('\n');
+  await waitFor(() => said.includes('done'), 'the holder to finish its work in the detached mount');
+  t.is(await within(exited, 15_000, 'the agent to exit once the mount is released'), 0);
+});
+
 test('-o no_auto_unmount: a SIGKILLed agent leaves its mount, not connected, for fusermount3 -uz', async (t) => {
   const g = await mountGuest(ex.host.uri, { token: ex.host.token, options: 'no_auto_unmount', mnt: path.join(ex.work, 'guest', 'no-auto') });
   t.teardown(() => g.unmount());
   const exited = new Promise((resolve) => g.proc.once('exit', resolve));
   g.proc.kill('SIGKILL');
-  await exited;
+  await within(exited, 20_000, 'the agent to die');
   t.true(await isMounted(g.mnt));
   t.regex((await sh(`ls ${g.mnt}`)).stderr, /Transport endpoint is not connected/);
   await shOk(`fusermount3 -uz ${g.mnt}`);
