@@ -2,15 +2,16 @@
 //
 // FUSE cannot tell the kernel "this file was created / written / removed" in a way inotify sees
 // (a notify_delete drops the dentry but raises nothing). What inotify does see is a change made
-// through the mount. So the agent replays each change through its own mount: the notification
-// thread of the FUSE session (one per mount, see native/src/fuse_ops.cc) makes the syscall --
+// through the mount. So the agent replays each change through its own mount: a helper process
+// (one per agent, see replay-process.ts; never the agent itself, which could then not be killed
+// while the kernel waits for its own answer) makes the syscall --
 // mknod, mkdir, symlink, unlink, rmdir, rename, open+write+close, utimensat -- on the entry (its
 // directory resolved beneath the mount's root, never following a symlink or leaving the mount),
 // and the kernel, when it succeeds, raises exactly the events a local change would (IN_CREATE,
 // IN_DELETE, IN_MOVED_FROM/TO with a cookie, IN_OPEN/IN_MODIFY/IN_CLOSE_WRITE, IN_ATTRIB, and the
 // *_SELF events for watchers of the inode itself).
 //
-// Nothing of a replay reaches the host: the kernel's requests carry that thread's id as pid, and
+// Nothing of a replay reaches the host: the kernel's requests carry the helper's pid, and
 // this interceptor answers them from here. The one name a replay is about is answered from a
 // script: "no such entry" for the name a create or move makes, the real node (looked up again) or
 // else a placeholder for the name it removes, moves or writes. A placeholder ("ghost") is a node id

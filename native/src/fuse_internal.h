@@ -6,9 +6,8 @@
 //                  and posts it to JS through a thread-safe function, never waiting for JS.
 //   notify thread  serves kernel cache notifications from a queue: they may block until the kernel
 //                  gets replies that only the JS thread can send, so JS must never call them itself.
-//                  It also replays changes made elsewhere through the mount (replay jobs: mknod,
-//                  unlink, rename... on paths under the mountpoint) so that the kernel raises inotify
-//                  events; JS recognises its requests by its thread id and answers them locally.
+//                  Replays of changes made elsewhere (RunReplayAt) run in a helper process instead:
+//                  a thread of this process waiting on its own mount could not be killed.
 //   unmount thread short-lived, one per unmount(): umount2 may flush dirty pages through FUSE.
 #pragma once
 
