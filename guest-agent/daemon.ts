@@ -123,7 +123,12 @@ export class GuestDaemon {
       writeback: fuse.writeback,
     });
     await remote.getattr({ uid: 0, gid: 0, pid: 0 }, 1);
-    const mount = await mountFileSystem(remote, mountpoint, { ...fuse, fsname: `dirvisor:${name}`, logger: log, coherence });
+    // auto_unmount unless the options say no_auto_unmount: if the agent dies (even by SIGKILL), its
+    // mounts go with it instead of staying as "Transport endpoint is not connected"; systemd then
+    // restarts it and it mounts again.
+    const mount = await mountFileSystem(remote, mountpoint, {
+      ...fuse, autoUnmount: fuse.autoUnmount ?? true, fsname: `dirvisor:${name}`, logger: log, coherence,
+    });
     coherence.attach(mount);
     const active: Active = { name, target: mountpoint, mount };
     this.active.set(name, active);

@@ -92,6 +92,22 @@ test.serial('boot: a VM defined in vms.d is mounted by its guest at start, and i
   t.is((await shOk(`ls ${q(target)} | sort`)).trim(), ['from-host.txt', 'hello.txt', 'sub'].join('\n'));
 });
 
+test.serial('the guest agent killed with SIGKILL leaves no dead mount behind', async (t) => {
+  const w = await world(t);
+  await w.addNode('big', 64);
+  await w.writeHostConfig();
+  const tok = token('web1');
+  const target = w.target('web-1/srv/k');
+  await w.writeVm('web-1.yaml', { name: 'web-1', identity: { token: tok }, shares: [{ dir: '/projects/k', target, create: true, name: 'k' }] });
+  await w.startHost();
+  const guest = await w.startGuest('web-1', tok);
+  await waitMounted(w, target);
+  guest.proc.kill('SIGKILL');
+  await waitUnmounted(w, target, 30_000);
+  t.false(await isMounted(target), 'the mount went away with its agent');
+  t.true((await fs.stat(target)).isDirectory(), 'the target directory answers again (no ENOTCONN)');
+});
+
 // Boot order is not guaranteed: a guest agent that starts before the host agent retries with
 // backoff (at most 2 s apart) and mounts once the host answers.
 test.serial('a guest agent started before the host agent retries and mounts once the host is up', async (t) => {
