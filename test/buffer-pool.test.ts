@@ -47,6 +47,7 @@ test('small frames and frames within one read are not pooled', (t) => {
 test('200 concurrent 1 MiB echoes with distinct contents come back intact while buffers are reused', async (t) => {
   const [a, b, cleanup] = await unixSocketPair();
   t.teardown(cleanup);
+  const reusedBefore = sharedPool.stats.reused;
   const client = new Session(a, { logger: silentLogger(), keepaliveMs: 0 });
   // The server answers in random order after a delay, echoing the request's own (pooled) buffer.
   new Session(b, {
@@ -65,5 +66,7 @@ test('200 concurrent 1 MiB echoes with distinct contents come back intact while 
     }),
   );
   t.is(results.filter(Boolean).length, 200, 'every echo has exactly the bytes that were sent');
-  t.true(sharedPool.stats.free > 0, 'the server gave its buffers back to the pool');
+  // Both ends share this process's pool: the server's released buffers are taken again (by later
+  // requests, or by the client's replies), so reuse is what shows, not what is left free.
+  t.true(sharedPool.stats.reused > reusedBefore, 'buffers given back were used again');
 });

@@ -12,6 +12,7 @@ const GRANULE = 64 << 10;
 export class BufferPool {
   private readonly free: ArrayBuffer[] = [];
   private freeBytes = 0;
+  private reusedCount = 0;
 
   /** @param maxFreeBytes bytes kept for reuse at most (beyond, released buffers are dropped) */
   constructor(private readonly maxFreeBytes = 32 << 20) {}
@@ -24,6 +25,7 @@ export class BufferPool {
       if (ab.byteLength >= n && ab.byteLength <= 2 * n) {
         this.free.splice(i, 1);
         this.freeBytes -= ab.byteLength;
+        this.reusedCount++;
         return Buffer.from(ab, 0, n);
       }
     }
@@ -39,8 +41,8 @@ export class BufferPool {
     this.freeBytes += ab.byteLength;
   }
 
-  get stats(): { free: number; freeBytes: number } {
-    return { free: this.free.length, freeBytes: this.freeBytes };
+  get stats(): { free: number; freeBytes: number; reused: number } {
+    return { free: this.free.length, freeBytes: this.freeBytes, reused: this.reusedCount };
   }
 }
 
