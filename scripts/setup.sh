@@ -40,12 +40,7 @@ if [ ! -d node_modules ] || [ "$(cat node_modules/.dirvisor-lock-sum 2>/dev/null
 elif [ ! -f "$stamp" ] || [ ! -f build/Release/dirvisor_native.node ] \
   || [ -n "$(find shared host-agent guest-agent native test bench binding.gyp -newer "$stamp" \( -name '*.ts' -o -name '*.cc' -o -name '*.h' -o -name '*.proto' -o -name '*.gyp' \) -print -quit)" ]; then
   echo "dirvisor setup: building"
-  # build/ made for another directory (a moved or copied checkout) has paths that no longer hold:
-  # configure it again for this one.
-  if ! grep -qF -- "-Dmodule_root_dir=$PWD\"" build/Makefile 2>/dev/null; then
-    npx node-gyp configure --loglevel=error >/dev/null
-  fi
-  npx node-gyp build --loglevel=error >/dev/null
+  bash scripts/build-addon.sh >/dev/null
   npm run --silent build
   touch "$stamp"
 fi

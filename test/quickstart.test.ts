@@ -182,8 +182,12 @@ test('the README\'s sshfs-like commands: background mount, umount, fusermount3 -
     await host.stop();
     await removeTree(work);
   });
+  // npx installs this package once more, in place, for its own commands: that must not rebuild
+  // the addon or the JavaScript that other running processes use.
+  const builtAt = async () => (await Promise.all(['build/Release/dirvisor_native.node', 'dist/native/index.js'].map((f) => fs.stat(path.join(REPO, f))))).map((st) => st.mtimeMs);
+  const before = await builtAt();
   const guestLog = path.join(work, 'guest.log');
-  const mount = () => sh(`bin/dirvisor-guest.js mount ${host.uri} ${mnt} --token ${host.token} -o allow_other --log-file ${guestLog}`);
+  const mount = () => sh(`npx dirvisor-guest mount ${host.uri} ${mnt} --token ${host.token} -o allow_other --log-file ${guestLog}`);
   const daemonGone = () => waitFor(async () => (await processesMatching(mnt)).length === 0, 'the guest agent to exit', {
     details: async () => JSON.stringify(await processesMatching(mnt)),
   });
@@ -198,7 +202,7 @@ test('the README\'s sshfs-like commands: background mount, umount, fusermount3 -
   t.not(r.code, 0);
   t.regex(r.stderr, /busy|already mounted/i);
   // `umount` unmounts, and the background agent exits.
-  r = await sh(`bin/dirvisor-guest.js umount ${mnt}`);
+  r = await sh(`npx dirvisor-guest umount ${mnt}`);
   t.is(r.code, 0, r.stderr);
   t.false(await isMounted(mnt));
   await daemonGone();
@@ -211,19 +215,20 @@ test('the README\'s sshfs-like commands: background mount, umount, fusermount3 -
   t.regex(await fs.readFile(guestLog, 'utf8'), /"msg":"unmounted"/);
 
   // Clear messages for the usual mistakes.
-  r = await sh(`bin/dirvisor-guest.js mount ${host.uri} ${mnt} --token wrong-token`);
+  r = await sh(`npx dirvisor-guest mount ${host.uri} ${mnt} --token wrong-token`);
   t.not(r.code, 0);
   t.regex(r.stderr, /token/);
   t.false(await isMounted(mnt));
-  r = await sh(`bin/dirvisor-host.js serve ${work}/does-not-exist --listen unix://${work}/x.sock --token t`);
+  r = await sh(`npx dirvisor-host serve ${work}/does-not-exist --listen unix://${work}/x.sock --token t`);
   t.not(r.code, 0);
   t.regex(r.stderr, /does not exist/);
-  r = await sh(`bin/dirvisor-host.js serve ${storage} --listen unix://${work}/y.sock`);
+  r = await sh(`npx dirvisor-host serve ${storage} --listen unix://${work}/y.sock`);
   t.not(r.code, 0);
   t.regex(r.stderr, /token/);
-  r = await sh('bin/dirvisor-guest.js mount');
+  r = await sh('npx dirvisor-guest mount');
   t.not(r.code, 0);
   t.regex(r.stderr, /URI and MOUNTPOINT|usage/i);
-  t.regex((await sh('bin/dirvisor-guest.js --help')).stdout, /dirvisor-guest mount URI MOUNTPOINT/);
-  t.regex((await sh('bin/dirvisor-host.js --help')).stdout, /dirvisor-host serve DIR --listen URI/);
+  t.regex((await sh('npx dirvisor-guest --help')).stdout, /dirvisor-guest mount URI MOUNTPOINT/);
+  t.regex((await sh('npx dirvisor-host --help')).stdout, /dirvisor-host serve DIR --listen URI/);
+  t.deepEqual(await builtAt(), before, 'npx left the build as it was');
 });
