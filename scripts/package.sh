@@ -243,4 +243,5 @@ if [ "${LINT:-1}" != 0 ]; then
   bash scripts/package-check.sh
 fi
 log "done in $(( $(date +%s) - started )) s:"
-ls -l "$OUT"/*.deb "$OUT"/*.rpm 2>/dev/null | awk '{printf "  %s  %6.1f MB\n", $NF, $5/1048576}' >&2
+# Only the formats built (with FORMATS=deb there is no *.rpm, and ls of a missing file fails).
+find "$OUT" -maxdepth 1 \( -name '*.deb' -o -name '*.rpm' \) -printf '  %p  %s\n' | sort | awk '{printf "  %s  %6.1f MB\n", $1, $2/1048576}' >&2
