@@ -19,6 +19,9 @@ cleanup() {
   echo
   echo "== cleaning up"
   node bin/dirvisor-guest.js umount "$mnt" 2>/dev/null || fusermount3 -uz "$mnt" 2>/dev/null || true
+  # The host goes last: the guest agent may still need it to finish what it was doing (a replay of
+  # a change for inotify watchers, a last flush) before it exits.
+  for _ in $(seq 100); do pgrep -f "guest-agent/cli.js mount .* $mnt " >/dev/null || break; sleep 0.1; done
   [ -n "$host_pid" ] && kill "$host_pid" 2>/dev/null && wait "$host_pid" 2>/dev/null || true
   echo "stopped; the storage directory $storage keeps the files"
 }
