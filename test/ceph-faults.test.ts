@@ -6,6 +6,9 @@
 //   own): the guest's operations on that share fail with ETIMEDOUT after the host's io_timeout, the
 //   calls stuck in the frozen mount stay within max_calls_per_node (the host's I/O threads are not
 //   used up), the other share keeps its speed, and service resumes when the OSD is back.
+//   Only with DIRVISOR_TEST_CEPH_FREEZE=1: on these machines a stopped OSD sometimes leaves
+//   ceph-fuse itself wedged after SIGCONT, and a process in its mount (the test's own cleanup)
+//   then waits in the kernel forever, which would hang the whole suite.
 import test from 'ava';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -30,7 +33,9 @@ test.after.always(async () => {
   if (ceph) await ceph.down();
 });
 
-cephTest(title('CephFS quota hit and OSD frozen: EDQUOT, then ETIMEDOUT within the io_timeout with the other share unaffected, then service resumes'), async (t) => {
+const FREEZE = process.env.DIRVISOR_TEST_CEPH_FREEZE === '1';
+
+cephTest(title(`CephFS quota hit${FREEZE ? ' and OSD frozen' : ''}: EDQUOT${FREEZE ? ', then ETIMEDOUT within the io_timeout' : ''} with the other share unaffected, then service resumes`), async (t) => {
   t.timeout(5 * 60_000);
   const c = ceph!;
   const w = await createWorld('dvx-');
@@ -80,6 +85,10 @@ cephTest(title('CephFS quota hit and OSD frozen: EDQUOT, then ETIMEDOUT within t
   await waitFor(async () => (await sh(`dd if=/dev/zero of=${q(path.join(cephTarget, 'after-quota'))} bs=1M count=6 conv=fsync`, { timeoutMs: 60_000 })).code === 0,
     'writes beyond the old quota to work once it is lifted', { timeoutMs: 30_000, details: () => w.logs() });
 
+  if (!FREEZE) {
+    t.log('the frozen-OSD part runs with DIRVISOR_TEST_CEPH_FREEZE=1 (see the top of this file)');
+    return;
+  }
   // ---- freeze ----
   const osdPid = Number((await fs.readFile(path.join(c.workdir, 'pids/osd'), 'utf8')).trim());
   process.kill(osdPid, 'SIGSTOP');
