@@ -21,7 +21,14 @@ cleanup() {
   node bin/dirvisor-guest.js umount "$mnt" 2>/dev/null || fusermount3 -uz "$mnt" 2>/dev/null || true
   # The host goes last: the guest agent may still need it to finish what it was doing (a replay of
   # a change for inotify watchers, a last flush) before it exits.
-  for _ in $(seq 100); do pgrep -f "guest-agent/cli.js mount .* $mnt " >/dev/null || break; sleep 0.1; done
+  guest="guest-agent/cli.js mount .* $mnt "
+  for _ in $(seq 50); do pgrep -f "$guest" >/dev/null || break; sleep 0.1; done
+  # Still there after 5 s: something kept its (now detached) mount in use. Stop it.
+  if pgrep -f "$guest" >/dev/null; then
+    pkill -TERM -f "$guest" 2>/dev/null || true
+    for _ in $(seq 50); do pgrep -f "$guest" >/dev/null || break; sleep 0.1; done
+    pkill -KILL -f "$guest" 2>/dev/null || true
+  fi
   [ -n "$host_pid" ] && kill "$host_pid" 2>/dev/null && wait "$host_pid" 2>/dev/null || true
   echo "stopped; the storage directory $storage keeps the files"
 }
