@@ -3,18 +3,31 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 
-/** Mount points currently in the mount table (decoded from /proc/self/mountinfo). */
-export async function mountedPaths(): Promise<Map<string, string>> {
+export interface MountInfo {
+  mountpoint: string;
+  /** "MAJ:MIN" of the mounted file system. */
+  dev: string;
+  fstype: string;
+}
+
+/** This process's mount table, from /proc/self/mountinfo, in order (a later entry is on top). */
+export async function mountInfo(): Promise<MountInfo[]> {
   const text = await fs.readFile('/proc/self/mountinfo', 'utf8');
-  const out = new Map<string, string>();
+  const out: MountInfo[] = [];
   for (const line of text.split('\n')) {
     const parts = line.split(' ');
     if (parts.length < 10) continue;
     const sep = parts.indexOf('-');
-    const mp = parts[4].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-    out.set(mp, parts[sep + 1] ?? '');
+    // Spaces and the like in paths are octal escapes.
+    const mountpoint = parts[4].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    out.push({ mountpoint, dev: parts[2], fstype: parts[sep + 1] ?? '' });
   }
   return out;
+}
+
+/** Mount points currently in the mount table, with their file system types. */
+export async function mountedPaths(): Promise<Map<string, string>> {
+  return new Map((await mountInfo()).map((m) => [m.mountpoint, m.fstype]));
 }
 
 export async function checkMountpoint(mountpoint: string, options: { create?: boolean } = {}): Promise<string> {

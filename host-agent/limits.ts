@@ -84,15 +84,19 @@ export class FdBudgetFs implements FileSystem {
     vm.takeFd(E.EMFILE, 'mounting an export');
   }
 
-  private async entry<T>(what: string, op: () => Promise<T>, pick: (r: T) => Entry): Promise<T> {
-    this.vm.takeFd(E.ENFILE, what);
-    let r: T;
+  /** Runs `op` with one fd of the budget taken (`errno` when there is none); given back if it fails. */
+  private async withFd<T>(errno: number, what: string, op: () => Promise<T>): Promise<T> {
+    this.vm.takeFd(errno, what);
     try {
-      r = await op();
+      return await op();
     } catch (err) {
       this.vm.giveFds();
       throw err;
     }
+  }
+
+  private async entry<T>(what: string, op: () => Promise<T>, pick: (r: T) => Entry): Promise<T> {
+    const r = await this.withFd(E.ENFILE, what, op);
     const id = pick(r).nodeId;
     const n = this.nodes.get(id);
     if (n !== undefined || id === ROOT_ID || this.destroyed) this.vm.giveFds(); // no new fd
@@ -101,14 +105,7 @@ export class FdBudgetFs implements FileSystem {
   }
 
   private async handle<T extends OpenResult>(what: string, op: () => Promise<T>): Promise<T> {
-    this.vm.takeFd(E.EMFILE, what);
-    let r: T;
-    try {
-      r = await op();
-    } catch (err) {
-      this.vm.giveFds();
-      throw err;
-    }
+    const r = await this.withFd(E.EMFILE, what, op);
     if (this.destroyed || this.handles.has(r.fh)) this.vm.giveFds();
     else this.handles.add(r.fh);
     return r;

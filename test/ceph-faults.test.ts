@@ -12,21 +12,16 @@
 import test from 'ava';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { cephAvailability, ensureCephInstalled, startCeph, type CephCluster } from './helpers/ceph.js';
+import { cephTests, installAndStartCeph, type CephCluster } from './helpers/ceph.js';
 import { createWorld, token, waitFor, isMounted, sh, shOk, q } from './helpers/daemons.js';
 
-const avail = cephAvailability();
-if (!avail.ok) console.warn(`ceph-faults: skipped: ${avail.reason}`);
-const cephTest = avail.ok ? test.serial : test.serial.skip;
-const title = (t: string) => (avail.ok ? t : `${t} (skipped: ${avail.reason})`);
+const { available, cephTest, title } = cephTests('ceph-faults');
 
 let ceph: CephCluster | undefined;
 
 test.before(async (t) => {
-  if (!avail.ok) return;
-  t.timeout(20 * 60_000, 'installing Ceph and starting the cluster took more than 20 minutes');
-  await ensureCephInstalled((line) => t.log(line));
-  ceph = await startCeph();
+  if (!available) return;
+  ceph = await installAndStartCeph(t);
 });
 
 test.after.always(async () => {

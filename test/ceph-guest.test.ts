@@ -6,29 +6,19 @@
 import test from 'ava';
 import crypto from 'node:crypto';
 import path from 'node:path';
-import { cephAvailability, ensureCephInstalled, startCeph, cephMountsUnder, type CephCluster } from './helpers/ceph.js';
+import { cephTests, installAndStartCeph, cephMountsUnder, type CephCluster } from './helpers/ceph.js';
 import { createWorld, token, waitFor, isMounted, sh, shOk, q, type World } from './helpers/daemons.js';
 
-const avail = cephAvailability();
-if (!avail.ok) console.warn(`ceph-guest: skipped: ${avail.reason}`);
-const cephTest = avail.ok ? test.serial : test.serial.skip;
-const title = (t: string) => (avail.ok ? t : `${t} (skipped: ${avail.reason})`);
+const { available, cephTest, title } = cephTests('ceph-guest');
 
 let ceph: CephCluster | undefined;
 let second: string | undefined;
 const timings: Record<string, number> = {};
 
 test.before(async (t) => {
-  if (!avail.ok) return;
-  t.timeout(20 * 60_000, 'installing Ceph and starting the cluster took more than 20 minutes');
-  let t0 = Date.now();
-  const installed = await ensureCephInstalled((line) => t.log(line));
-  if (installed.installedNow.length) t.log(`installed ${installed.installedNow.join(' ')} in ${installed.seconds.toFixed(1)} s`);
-  timings.install_s = (Date.now() - t0) / 1000;
-  t0 = Date.now();
-  ceph = await startCeph();
-  timings.up_s = (Date.now() - t0) / 1000;
-  t0 = Date.now();
+  if (!available) return;
+  ceph = await installAndStartCeph(t, timings);
+  const t0 = Date.now();
   second = await ceph.mountClient('second-client');
   timings.second_mount_s = (Date.now() - t0) / 1000;
 });

@@ -11,12 +11,9 @@ import { execFileSync } from 'node:child_process';
 import { parseConfig } from '../host-agent/config.js';
 import { StorageMap, StorageError } from '../host-agent/storage/index.js';
 import { capturingLogger } from './helpers/log.js';
-import { cephAvailability, ensureCephInstalled, startCeph, cephMountsUnder, type CephCluster } from './helpers/ceph.js';
+import { cephTests, installAndStartCeph, cephMountsUnder, type CephCluster } from './helpers/ceph.js';
 
-const avail = cephAvailability();
-if (!avail.ok) console.warn(`ceph-storage: skipped: ${avail.reason}`);
-const cephTest = avail.ok ? test.serial : test.serial.skip;
-const title = (t: string) => (avail.ok ? t : `${t} (skipped: ${avail.reason})`);
+const { available, cephTest, title } = cephTests('ceph-storage');
 
 let ceph: CephCluster | undefined;
 let second: string | undefined;
@@ -24,16 +21,9 @@ let smallNode: string | undefined;
 const timings: Record<string, number> = {};
 
 test.before(async (t) => {
-  if (!avail.ok) return;
-  t.timeout(20 * 60_000, 'installing Ceph and starting the cluster took more than 20 minutes');
-  let t0 = Date.now();
-  const installed = await ensureCephInstalled((line) => t.log(line));
-  if (installed.installedNow.length) t.log(`installed ${installed.installedNow.join(' ')} in ${installed.seconds.toFixed(1)} s`);
-  timings.install_s = (Date.now() - t0) / 1000;
-  t0 = Date.now();
-  ceph = await startCeph();
-  timings.up_s = (Date.now() - t0) / 1000;
-  t0 = Date.now();
+  if (!available) return;
+  ceph = await installAndStartCeph(t, timings);
+  const t0 = Date.now();
   second = await ceph.mountClient('second-client');
   timings.second_mount_s = (Date.now() - t0) / 1000;
   // A small local node beside CephFS, so that placement has a real choice to make.

@@ -6,28 +6,17 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '../../shared/log.js';
+import { mountInfo } from '../mountpoint.js';
 
 /** Read-ahead window set on our mounts unless max_readahead= says otherwise. */
 export const DEFAULT_READAHEAD_BYTES = 4 << 20;
 
-/** Decodes the octal escapes /proc/self/mountinfo uses for spaces and the like. */
-function unescape(field: string): string {
-  return field.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
-/** The device number ("MAJ:MIN") of the FUSE mount at `mountpoint`, from /proc/self/mountinfo. */
+/** The device number ("MAJ:MIN") of the FUSE mount at `mountpoint`. */
 export async function fuseDeviceOf(mountpoint: string): Promise<string | null> {
   // mountinfo shows the path with symlinks resolved; resolve the parent only (never the mount itself).
   const real = path.join(await fs.realpath(path.dirname(mountpoint)), path.basename(mountpoint));
-  const info = await fs.readFile('/proc/self/mountinfo', 'utf8');
-  let dev: string | null = null;
-  for (const line of info.split('\n')) {
-    const f = line.split(' ');
-    const sep = f.indexOf('-');
-    // The last matching entry is the top of the stack at that path.
-    if (sep > 0 && unescape(f[4]) === real && f[sep + 1]?.startsWith('fuse')) dev = f[2];
-  }
-  return dev;
+  // The last matching entry is the top of the stack at that path.
+  return (await mountInfo()).filter((m) => m.mountpoint === real && m.fstype.startsWith('fuse')).pop()?.dev ?? null;
 }
 
 /**

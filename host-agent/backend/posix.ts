@@ -67,7 +67,8 @@ function creds(caller: Caller): Creds {
   return { uid: caller.uid, gid: caller.gid, groups: caller.groups ?? [] };
 }
 
-function toAttr(st: Stat): Attr {
+/** A host stat as the interface's attributes (also what coherence pushes). */
+export function statToAttr(st: Stat): Attr {
   return {
     ino: Number(st.ino),
     mode: st.mode,
@@ -209,7 +210,7 @@ export class PosixBackend implements FileSystem {
   async getattr(caller: Caller, node: number, fh?: number): Promise<Attr> {
     return this.withNode(node, async (n) => {
       if (fh !== undefined) this.checkHandle(fh, node);
-      return toAttr(await sys.fstatat(n.fd));
+      return statToAttr(await sys.fstatat(n.fd));
     });
   }
 
@@ -235,7 +236,7 @@ export class PosixBackend implements FileSystem {
         }
       }
       if (set.atime !== undefined || set.mtime !== undefined) await this.setTimes(n, set, fh, cr);
-      return toAttr(await sys.fstatat(n.fd));
+      return statToAttr(await sys.fstatat(n.fd));
     });
   }
 
@@ -495,7 +496,7 @@ export class PosixBackend implements FileSystem {
       throw new FsError(E.ESTALE, 'backend destroyed');
     }
     const node = this.nodes.insertOrRef(fd, stat);
-    return { nodeId: node.id, generation: 0, attr: toAttr(stat) };
+    return { nodeId: node.id, generation: 0, attr: statToAttr(stat) };
   }
 
   /**

@@ -23,6 +23,7 @@ import { InFlight, touchesOf } from './inflight.js';
 import { pairMoves, toReceiver, touchIds, type StorageChange as Change } from './translate.js';
 import { StorageWatcher, type WatchEvent } from './watcher.js';
 import { pb } from '../../shared/rpc/wire.js';
+import { statToAttr } from '../backend/posix.js';
 
 const K = pb.Change.Kind;
 const S_IFMT = 0o170000;
@@ -502,21 +503,4 @@ function mergeWatchEvents(items: Array<Extract<OpItem, { src: 'watch' }>>): Arra
     }
   }
   return out;
-}
-
-function statToAttr(st: Stat): Attr {
-  return {
-    ino: Number(st.ino),
-    mode: st.mode,
-    nlink: st.nlink,
-    uid: st.uid,
-    gid: st.gid,
-    rdev: st.rdev,
-    size: st.size,
-    blocks: st.blocks,
-    blksize: st.blksize,
-    atime: { sec: st.atimeSec, nsec: st.atimeNsec },
-    mtime: { sec: st.mtimeSec, nsec: st.mtimeNsec },
-    ctime: { sec: st.ctimeSec, nsec: st.ctimeNsec },
-  };
 }

@@ -15,6 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { exited, isMounted, mountsUnder, terminate, waitExit, waitFor } from './system.js';
 
 /** The repository root (this file runs as dist/test/helpers/agents.js). */
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -41,25 +42,7 @@ process.once('exit', () => {
 
 // ---- small utilities ----------------------------------------------------------------------------
 
-/** Polls `cond` until it returns a truthy value; throws `what` (plus `details()`) on timeout. */
-export async function waitFor<T>(
-  cond: () => Promise<T> | T,
-  what: string,
-  opts: { timeoutMs?: number; intervalMs?: number; details?: () => Promise<string> | string } = {},
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + (opts.timeoutMs ?? 15_000);
-  let interval = opts.intervalMs ?? 10;
-  for (;;) {
-    const v = await cond();
-    if (v) return v as NonNullable<T>;
-    if (Date.now() > deadline) {
-      const more = opts.details ? `\n${await opts.details()}` : '';
-      throw new Error(`timed out waiting for ${what}${more}`);
-    }
-    await sleep(interval);
-    interval = Math.min(interval * 2, 200);
-  }
-}
+export { waitFor, mountTable, mountEntry, isMounted, mountsUnder, type MountEntry } from './system.js';
 
 /** A fresh directory under the system temp dir, mode 0755 so other uids can reach into it. */
 export async function tempDir(prefix = 'dirvisor-e2e-'): Promise<string> {
@@ -88,44 +71,6 @@ export function canConnect(p: string): Promise<boolean> {
   });
 }
 
-/** /proc/mounts field decoding (spaces and the like are octal escapes). */
-function unescapeMountField(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
-export interface MountEntry {
-  source: string;
-  target: string;
-  fstype: string;
-  options: string[];
-}
-
-export async function mountTable(): Promise<MountEntry[]> {
-  const text = await fs.readFile('/proc/mounts', 'utf8');
-  return text
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => {
-      const [source, target, fstype, options] = l.split(' ');
-      return { source: unescapeMountField(source), target: unescapeMountField(target), fstype, options: options.split(',') };
-    });
-}
-
-export async function mountEntry(mnt: string): Promise<MountEntry | undefined> {
-  const abs = path.resolve(mnt);
-  return (await mountTable()).find((m) => m.target === abs);
-}
-
-export async function isMounted(mnt: string): Promise<boolean> {
-  return (await mountEntry(mnt)) !== undefined;
-}
-
-/** Mounts at or below `dir`. */
-export async function mountsUnder(dir: string): Promise<MountEntry[]> {
-  const abs = path.resolve(dir);
-  return (await mountTable()).filter((m) => m.target === abs || m.target.startsWith(abs + '/'));
-}
-
 async function readTail(file: string, maxBytes = 16_384): Promise<string> {
   try {
     const text = await fs.readFile(file, 'utf8');
@@ -133,35 +78,6 @@ async function readTail(file: string, maxBytes = 16_384): Promise<string> {
   } catch (err) {
     return `(no log: ${(err as Error).message})`;
   }
-}
-
-function exited(p: ChildProcess): boolean {
-  return p.exitCode !== null || p.signalCode !== null;
-}
-
-/** Resolves when `p` has exited (true) or after `ms` (false). */
-function waitExit(p: ChildProcess, ms: number): Promise<boolean> {
-  if (exited(p)) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => {
-      p.off('exit', onExit);
-      resolve(false);
-    }, ms);
-    const onExit = () => {
-      clearTimeout(timer);
-      resolve(true);
-    };
-    p.once('exit', onExit);
-  });
-}
-
-/** SIGTERM, then SIGKILL if it does not go within `graceMs`. */
-async function terminate(p: ChildProcess, graceMs = 5000): Promise<void> {
-  if (exited(p)) return;
-  p.kill('SIGTERM');
-  if (await waitExit(p, graceMs)) return;
-  p.kill('SIGKILL');
-  await waitExit(p, 5000);
 }
 
 /**
@@ -448,7 +364,7 @@ export async function startHost(opts: StartHostOptions): Promise<HostAgent> {
       { timeoutMs: opts.timeoutMs ?? 20_000, details: async () => `host log:\n${await log()}` },
     );
   } catch (err) {
-    await terminate(proc);
+    await terminate(proc, 5000);
     throw err;
   }
   let stopping: Promise<void> | undefined;
@@ -456,7 +372,7 @@ export async function startHost(opts: StartHostOptions): Promise<HostAgent> {
     uri, token, socketPath, dir: opts.dir, proc, logFile, log,
     stop: () =>
       (stopping ??= (async () => {
-        await terminate(proc);
+        await terminate(proc, 5000);
         if (ownWork) await removeTree(work);
       })()),
   };
@@ -529,7 +445,7 @@ function makeUnmount(mnt: string, proc: ChildProcess): GuestMount['unmount'] {
         await sleep(100);
       }
       if (!(await waitExit(proc, 10_000))) {
-        await terminate(proc);
+        await terminate(proc, 5000);
       }
       if (await isMounted(mnt)) {
         lazy = true;

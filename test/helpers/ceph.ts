@@ -8,6 +8,7 @@
 //   const ceph = await startCeph();              // cluster + mount at ceph.mount
 //   const other = await ceph.mountClient();      // a second ceph-fuse client of the same fs
 //   await ceph.down();                           // always (also run at process exit)
+import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -208,4 +209,31 @@ export function cephMountsUnder(dir: string): string[] {
     .map((l) => l.split(' '))
     .filter((f) => f[2] === 'fuse.ceph-fuse' && (f[1] === dir || f[1]?.startsWith(dir + '/')))
     .map((f) => f[1]);
+}
+
+/**
+ * What every Ceph test file starts with: its tests run serially, or are skipped (saying why, in the
+ * title too) where Ceph cannot run here.
+ */
+export function cephTests(file: string): { available: boolean; cephTest: typeof test.serial | typeof test.serial.skip; title: (t: string) => string } {
+  const avail = cephAvailability();
+  if (!avail.ok) console.warn(`${file}: skipped: ${avail.reason}`);
+  return {
+    available: avail.ok,
+    cephTest: avail.ok ? test.serial : test.serial.skip,
+    title: (t) => (avail.ok ? t : `${t} (skipped: ${avail.reason})`),
+  };
+}
+
+/** Installs Ceph when missing and starts a cluster, for a `test.before`; adds install_s and up_s to `timings`. */
+export async function installAndStartCeph(t: ExecutionContext, timings: Record<string, number> = {}): Promise<CephCluster> {
+  t.timeout(20 * 60_000, 'installing Ceph and starting the cluster took more than 20 minutes');
+  let t0 = Date.now();
+  const installed = await ensureCephInstalled((line) => t.log(line));
+  if (installed.installedNow.length) t.log(`installed ${installed.installedNow.join(' ')} in ${installed.seconds.toFixed(1)} s`);
+  timings.install_s = (Date.now() - t0) / 1000;
+  t0 = Date.now();
+  const ceph = await startCeph();
+  timings.up_s = (Date.now() - t0) / 1000;
+  return ceph;
 }

@@ -17,8 +17,8 @@ import { existsSync, openSync, closeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
 import YAML from 'yaml';
+import { exited, mountsUnder, parseMounts, terminate, unescapeMountField, waitExit, waitFor, type MountEntry } from './system.js';
 
 /** The repository root (this file runs as dist/test/helpers/daemons.js). */
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -48,67 +48,14 @@ function mountsUnderSync(dir: string): MountEntry[] {
 
 // ---- small utilities -----------------------------------------------------------------------------
 
-/** Polls `cond` until it returns a truthy value; throws `what` (plus `details()`) at the deadline. */
-export async function waitFor<T>(
-  cond: () => Promise<T> | T,
-  what: string,
-  opts: { timeoutMs?: number; intervalMs?: number; details?: () => Promise<string> | string } = {},
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + (opts.timeoutMs ?? 15_000);
-  let interval = opts.intervalMs ?? 10;
-  for (;;) {
-    const v = await cond();
-    if (v) return v as NonNullable<T>;
-    if (Date.now() > deadline) {
-      const more = opts.details ? `\n${await opts.details()}` : '';
-      throw new Error(`timed out after ${opts.timeoutMs ?? 15_000} ms waiting for ${what}${more}`);
-    }
-    await sleep(interval);
-    interval = Math.min(interval * 2, opts.intervalMs ?? 50);
-  }
-}
-
-export interface MountEntry {
-  source: string;
-  target: string;
-  fstype: string;
-  options: string[];
-}
-
-const unescapeField = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-
-function parseMounts(text: string): MountEntry[] {
-  return text
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => {
-      const [source, target, fstype, options] = l.split(' ');
-      return { source: unescapeField(source), target: unescapeField(target), fstype, options: (options ?? '').split(',') };
-    });
-}
-
-export async function mountTable(): Promise<MountEntry[]> {
-  return parseMounts(await fs.readFile('/proc/mounts', 'utf8'));
-}
-
-export async function mountEntry(mnt: string): Promise<MountEntry | undefined> {
-  return (await mountTable()).find((m) => m.target === mnt);
-}
-
-export async function isMounted(mnt: string): Promise<boolean> {
-  return (await mountEntry(mnt)) !== undefined;
-}
-
-export async function mountsUnder(dir: string): Promise<MountEntry[]> {
-  return (await mountTable()).filter((m) => m.target === dir || m.target.startsWith(dir + '/'));
-}
+export { waitFor, mountTable, mountEntry, isMounted, mountsUnder, type MountEntry } from './system.js';
 
 /** The mount id (first field of /proc/self/mountinfo) of the mount at `mnt`: the same id means the same mount. */
 export async function mountId(mnt: string): Promise<number | undefined> {
   const text = await fs.readFile('/proc/self/mountinfo', 'utf8');
   for (const line of text.split('\n')) {
     const f = line.split(' ');
-    if (f.length > 4 && unescapeField(f[4]) === mnt) return Number(f[0]);
+    if (f.length > 4 && unescapeMountField(f[4]) === mnt) return Number(f[0]);
   }
   return undefined;
 }
@@ -189,34 +136,6 @@ export function q(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-function exited(p: ChildProcess): boolean {
-  return p.exitCode !== null || p.signalCode !== null;
-}
-
-function waitExit(p: ChildProcess, ms: number): Promise<boolean> {
-  if (exited(p)) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => {
-      p.off('exit', onExit);
-      resolve(false);
-    }, ms);
-    const onExit = () => {
-      clearTimeout(timer);
-      resolve(true);
-    };
-    p.once('exit', onExit);
-  });
-}
-
-/** SIGTERM, then SIGKILL if it is still there after `graceMs`. */
-async function terminate(p: ChildProcess, graceMs = 8000): Promise<void> {
-  if (exited(p)) return;
-  p.kill('SIGTERM');
-  if (await waitExit(p, graceMs)) return;
-  p.kill('SIGKILL');
-  await waitExit(p, 5000);
-}
-
 // ---- one daemon process --------------------------------------------------------------------------
 
 export type LogLine = Record<string, unknown> & { msg?: string; level?: number };
@@ -282,7 +201,7 @@ export class Daemon {
 
   /** SIGTERM (then SIGKILL); idempotent. */
   stop(): Promise<void> {
-    return (this.stopping ??= terminate(this.proc));
+    return (this.stopping ??= terminate(this.proc, 8000));
   }
 
   /** SIGKILL now, and wait for the exit. */
