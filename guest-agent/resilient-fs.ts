@@ -71,6 +71,7 @@ export class ResilientFileSystem implements FileSystem {
   private readonly retryWindowMs: number;
   private readonly log: Logger;
   private readonly onMounted?: (epoch: number) => void;
+  private impatient: (caller: Caller) => boolean = () => false;
 
   constructor(private readonly hostLink: HostLink, readonly exportName: string, options: ResilientOptions) {
     this.log = options.logger;
@@ -81,6 +82,14 @@ export class ResilientFileSystem implements FileSystem {
       if (!session || this.exportEpoch !== this.hostLink.epoch) throw new FsError(E.ENOTCONN, 'connection to the host agent lost');
       return { session, exportId: this.exportId };
     }, { deadlineMs: options.requestDeadlineMs });
+  }
+
+  /**
+   * Callers for whom a lost host is an immediate ENOTCONN, never a wait: the coherence replay
+   * helper, whose syscall holds the mount busy (an unmount would wait for it) while it waits.
+   */
+  failFastFor(test: (caller: Caller) => boolean): void {
+    this.impatient = test;
   }
 
   // ---- epochs and retries ----
@@ -120,11 +129,12 @@ export class ResilientFileSystem implements FileSystem {
    * Runs `op` against the current connection. If the connection is lost while it runs, waits for
    * the next one and runs it again, until the retry window closes.
    */
-  private async run<T>(op: (epoch: number) => Promise<T>, onRepeat?: (err: FsError) => Promise<T> | null): Promise<T> {
+  private async run<T>(caller: Caller, op: (epoch: number) => Promise<T>, onRepeat?: (err: FsError) => Promise<T> | null): Promise<T> {
     // The window counts from when the connection was lost, not from each operation: once the host
     // has been away longer, operations fail at once (ENOTCONN) until it is back, instead of each
-    // one waiting the whole window again.
-    const deadline = (this.hostLink.disconnectedAt ?? Date.now()) + this.retryWindowMs;
+    // one waiting the whole window again. Impatient callers never wait.
+    const window = this.impatient(caller) ? 0 : this.retryWindowMs;
+    const deadline = (this.hostLink.disconnectedAt ?? Date.now()) + window;
     let repeated = false;
     for (;;) {
       const epoch = await this.ready(deadline);
@@ -255,7 +265,7 @@ export class ResilientFileSystem implements FileSystem {
   // ---- FileSystem ----
 
   lookup(caller: Caller, parent: number, name: Buffer): Promise<Entry> {
-    return this.run(async (epoch) => this.adopt(parent, name, await this.remote.lookup(caller, await this.hostNode(parent, epoch), name), epoch));
+    return this.run(caller, async (epoch) => this.adopt(parent, name, await this.remote.lookup(caller, await this.hostNode(parent, epoch), name), epoch));
   }
 
   forget(items: ReadonlyArray<{ nodeId: number; nlookup: number }>): void {
@@ -276,19 +286,20 @@ export class ResilientFileSystem implements FileSystem {
   }
 
   getattr(caller: Caller, node: number, fh?: number): Promise<Attr> {
-    return this.run(async (epoch) => this.remote.getattr(caller, await this.hostNode(node, epoch), fh !== undefined && this.handles.has(fh) ? (await this.hostHandle(fh, epoch)).hostFh : undefined));
+    return this.run(caller, async (epoch) => this.remote.getattr(caller, await this.hostNode(node, epoch), fh !== undefined && this.handles.has(fh) ? (await this.hostHandle(fh, epoch)).hostFh : undefined));
   }
 
   setattr(caller: Caller, node: number, set: SetAttr, fh?: number): Promise<Attr> {
-    return this.run(async (epoch) => this.remote.setattr(caller, await this.hostNode(node, epoch), set, fh !== undefined && this.handles.has(fh) ? (await this.hostHandle(fh, epoch)).hostFh : undefined));
+    return this.run(caller, async (epoch) => this.remote.setattr(caller, await this.hostNode(node, epoch), set, fh !== undefined && this.handles.has(fh) ? (await this.hostHandle(fh, epoch)).hostFh : undefined));
   }
 
   readlink(caller: Caller, node: number): Promise<Buffer> {
-    return this.run(async (epoch) => this.remote.readlink(caller, await this.hostNode(node, epoch)));
+    return this.run(caller, async (epoch) => this.remote.readlink(caller, await this.hostNode(node, epoch)));
   }
 
   private creating(caller: Caller, parent: number, name: Buffer, make: (hostParent: number, epoch: number) => Promise<Entry>): Promise<Entry> {
     return this.run(
+      caller,
       async (epoch) => this.adopt(parent, name, await make(await this.hostNode(parent, epoch), epoch), epoch),
       (err) => (err.errno === E.EEXIST ? this.lookup(caller, parent, name) : null),
     );
@@ -312,6 +323,7 @@ export class ResilientFileSystem implements FileSystem {
 
   unlink(caller: Caller, parent: number, name: Buffer): Promise<void> {
     return this.run(
+      caller,
       async (epoch) => this.remote.unlink(caller, await this.hostNode(parent, epoch), name),
       (err) => (err.errno === E.ENOENT ? Promise.resolve() : null),
     );
@@ -319,6 +331,7 @@ export class ResilientFileSystem implements FileSystem {
 
   rmdir(caller: Caller, parent: number, name: Buffer): Promise<void> {
     return this.run(
+      caller,
       async (epoch) => this.remote.rmdir(caller, await this.hostNode(parent, epoch), name),
       (err) => (err.errno === E.ENOENT ? Promise.resolve() : null),
     );
@@ -326,6 +339,7 @@ export class ResilientFileSystem implements FileSystem {
 
   async rename(caller: Caller, parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number): Promise<void> {
     await this.run(
+      caller,
       async (epoch) => this.remote.rename(caller, await this.hostNode(parent, epoch), name, await this.hostNode(newParent, epoch), newName, flags),
       (err) => (err.errno === E.ENOENT ? this.lookup(INTERNAL, newParent, newName).then((e) => this.forget([{ nodeId: e.nodeId, nlookup: 1 }])) : null),
     );
@@ -333,7 +347,7 @@ export class ResilientFileSystem implements FileSystem {
   }
 
   open(caller: Caller, node: number, flags: number): Promise<OpenResult> {
-    return this.run(async (epoch) => {
+    return this.run(caller, async (epoch) => {
       const r = await this.remote.open(caller, await this.hostNode(node, epoch), flags);
       return { ...r, fh: this.newHandle(node, flags, false, r.fh, epoch) };
     });
@@ -341,6 +355,7 @@ export class ResilientFileSystem implements FileSystem {
 
   create(caller: Caller, parent: number, name: Buffer, mode: number, flags: number): Promise<CreateResult> {
     return this.run(
+      caller,
       async (epoch) => {
         const r = await this.remote.create(caller, await this.hostNode(parent, epoch), name, mode, flags);
         const entry = this.adopt(parent, name, r.entry, epoch);
@@ -352,28 +367,28 @@ export class ResilientFileSystem implements FileSystem {
   }
 
   read(caller: Caller, node: number, fh: number, offset: number, size: number): Promise<Buffer> {
-    return this.run(async (epoch) => {
+    return this.run(caller, async (epoch) => {
       const h = await this.hostHandle(fh, epoch);
       return this.remote.read(caller, h.node, h.hostFh, offset, size);
     });
   }
 
   write(caller: Caller, node: number, fh: number, offset: number, data: Buffer): Promise<number> {
-    return this.run(async (epoch) => {
+    return this.run(caller, async (epoch) => {
       const h = await this.hostHandle(fh, epoch);
       return this.remote.write(caller, h.node, h.hostFh, offset, data);
     });
   }
 
   flush(caller: Caller, node: number, fh: number): Promise<void> {
-    return this.run(async (epoch) => {
+    return this.run(caller, async (epoch) => {
       const h = await this.hostHandle(fh, epoch);
       return this.remote.flush(caller, h.node, h.hostFh);
     });
   }
 
   fsync(caller: Caller, node: number, fh: number, datasync: boolean): Promise<void> {
-    return this.run(async (epoch) => {
+    return this.run(caller, async (epoch) => {
       const h = await this.hostHandle(fh, epoch);
       return this.remote.fsync(caller, h.node, h.hostFh, datasync);
     });
@@ -391,14 +406,14 @@ export class ResilientFileSystem implements FileSystem {
   }
 
   opendir(caller: Caller, node: number, flags: number): Promise<OpenResult> {
-    return this.run(async (epoch) => {
+    return this.run(caller, async (epoch) => {
       const r = await this.remote.opendir(caller, await this.hostNode(node, epoch), flags);
       return { ...r, fh: this.newHandle(node, flags, true, r.fh, epoch) };
     });
   }
 
   readdir(caller: Caller, node: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
-    return this.run(async (epoch) => {
+    return this.run(caller, async (epoch) => {
       const h = await this.hostHandle(fh, epoch);
       const entries = await this.remote.readdir(caller, h.node, h.hostFh, offset, maxEntries, plus);
       return entries.map((d) => (d.entry ? { ...d, entry: this.adopt(node, d.name, d.entry, epoch) } : d));
@@ -406,7 +421,7 @@ export class ResilientFileSystem implements FileSystem {
   }
 
   fsyncdir(caller: Caller, node: number, fh: number, datasync: boolean): Promise<void> {
-    return this.run(async (epoch) => {
+    return this.run(caller, async (epoch) => {
       const h = await this.hostHandle(fh, epoch);
       return this.remote.fsyncdir(caller, h.node, h.hostFh, datasync);
     });
@@ -417,31 +432,31 @@ export class ResilientFileSystem implements FileSystem {
   }
 
   statfs(caller: Caller, node: number): Promise<StatFs> {
-    return this.run(async (epoch) => this.remote.statfs(caller, await this.hostNode(node, epoch)));
+    return this.run(caller, async (epoch) => this.remote.statfs(caller, await this.hostNode(node, epoch)));
   }
 
   setxattr(caller: Caller, node: number, name: Buffer, value: Buffer, flags: number): Promise<void> {
-    return this.run(async (epoch) => this.remote.setxattr(caller, await this.hostNode(node, epoch), name, value, flags));
+    return this.run(caller, async (epoch) => this.remote.setxattr(caller, await this.hostNode(node, epoch), name, value, flags));
   }
 
   getxattr(caller: Caller, node: number, name: Buffer, size: number): Promise<Buffer | number> {
-    return this.run(async (epoch) => this.remote.getxattr(caller, await this.hostNode(node, epoch), name, size));
+    return this.run(caller, async (epoch) => this.remote.getxattr(caller, await this.hostNode(node, epoch), name, size));
   }
 
   listxattr(caller: Caller, node: number, size: number): Promise<Buffer | number> {
-    return this.run(async (epoch) => this.remote.listxattr(caller, await this.hostNode(node, epoch), size));
+    return this.run(caller, async (epoch) => this.remote.listxattr(caller, await this.hostNode(node, epoch), size));
   }
 
   removexattr(caller: Caller, node: number, name: Buffer): Promise<void> {
-    return this.run(async (epoch) => this.remote.removexattr(caller, await this.hostNode(node, epoch), name));
+    return this.run(caller, async (epoch) => this.remote.removexattr(caller, await this.hostNode(node, epoch), name));
   }
 
   access(caller: Caller, node: number, mask: number): Promise<void> {
-    return this.run(async (epoch) => this.remote.access(caller, await this.hostNode(node, epoch), mask));
+    return this.run(caller, async (epoch) => this.remote.access(caller, await this.hostNode(node, epoch), mask));
   }
 
   fallocate(caller: Caller, node: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
-    return this.run(async (epoch) => {
+    return this.run(caller, async (epoch) => {
       const h = await this.hostHandle(fh, epoch);
       return this.remote.fallocate(caller, h.node, h.hostFh, mode, offset, length);
     });
@@ -451,7 +466,7 @@ export class ResilientFileSystem implements FileSystem {
     caller: Caller, nodeIn: number, fhIn: number, offsetIn: number,
     nodeOut: number, fhOut: number, offsetOut: number, length: number, flags: number,
   ): Promise<number> {
-    return this.run(async (epoch) => {
+    return this.run(caller, async (epoch) => {
       const a = await this.hostHandle(fhIn, epoch);
       const b = await this.hostHandle(fhOut, epoch);
       return this.remote.copyFileRange(caller, a.node, a.hostFh, offsetIn, b.node, b.hostFh, offsetOut, length, flags);
@@ -459,7 +474,7 @@ export class ResilientFileSystem implements FileSystem {
   }
 
   lseek(caller: Caller, node: number, fh: number, offset: number, whence: number): Promise<number> {
-    return this.run(async (epoch) => {
+    return this.run(caller, async (epoch) => {
       const h = await this.hostHandle(fh, epoch);
       return this.remote.lseek(caller, h.node, h.hostFh, offset, whence);
     });

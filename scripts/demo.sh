@@ -38,7 +38,8 @@ step() { printf '\n== %s\n' "$*"; }
 show() { printf '$ %s\n' "$*"; eval "$@"; }
 
 step "starting the host agent: serving $storage on unix://$sock"
-node bin/dirvisor-host.js serve "$storage" --listen "unix://$sock" --token "$token" >"$work/host.log" 2>&1 &
+# In its own session: a Ctrl-C in this terminal is for this script, whose cleanup stops the host last.
+setsid node bin/dirvisor-host.js serve "$storage" --listen "unix://$sock" --token "$token" >"$work/host.log" 2>&1 &
 host_pid=$!
 for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
 [ -S "$sock" ] || { echo "the host agent did not start; see $work/host.log"; cat "$work/host.log"; exit 1; }

@@ -18,7 +18,7 @@ import { silentLogger } from '../shared/log.js';
 import { pb } from '../shared/rpc/wire.js';
 import { identityOf } from '../host-agent/coherence/identity.js';
 import { cacheTimeouts, parseMountOptions } from '../guest-agent/fuse/options.js';
-import { mountGuest, tempDir, removeTree, waitFor, run, PYTHON, type GuestMount } from './helpers/agents.js';
+import { mountGuest, startHost, tempDir, removeTree, waitFor, run, PYTHON, type GuestMount } from './helpers/agents.js';
 
 // ---- inotify watchers (inotifywait -m as a child process) ---------------------------------------
 
@@ -455,6 +455,39 @@ test.serial('after the host agent restarts, the guest drops everything it cached
     await g.unmount();
     host.dropAll('test done');
     await host.close();
+  }
+});
+
+test.serial('a host agent that dies while the guest replays changes for its watchers: the guest unmounts at once, not after the reconnect window', async (t) => {
+  // A replay's syscall holds the mount busy. If the host it needs to answer the replay's lookups
+  // is gone, the replay must fail at once; waiting the reconnect window (30 s) would keep the
+  // mount busy and the guest agent's unmount waiting.
+  const dir = path.join(work, 'dying-storage');
+  await fs.mkdir(dir);
+  const host = await startHost({ dir, workDir: work });
+  const g = await mountGuest(host.uri, { token: host.token, mnt: path.join(work, 'dying-mnt') });
+  try {
+    const w = await Watcher.start(g.mnt);
+    const mark = w.mark();
+    // Many files with data: each is replayed as a create, then a write that asks the host for the
+    // file's attributes. Freeze the host as soon as the guest starts replaying, then kill it.
+    await Promise.all(Array.from({ length: 100 }, (_, i) => fs.writeFile(path.join(dir, `f${i}`), `data ${i}`)));
+    await waitFor(() => w.since(mark).some((e) => e.events.includes('CREATE')), 'the guest to start replaying', { timeoutMs: 10_000, intervalMs: 2 });
+    host.proc.kill('SIGSTOP');
+    await sleep(300); // the guest's replays now wait for the frozen host
+    host.proc.kill('SIGKILL');
+    await host.stop();
+    w.stop();
+    const t0 = Date.now();
+    const r = await g.unmount();
+    const ms = Date.now() - t0;
+    t.log(`unmounted and exited ${ms} ms after the host died (${w.since(mark).length} inotify events had been replayed)`);
+    t.false(r.lazy, 'a plain unmount went through (the mount was not held busy)');
+    t.true(ms < 5000, `the guest agent ended within 5 s (took ${ms} ms)`);
+    t.regex(await g.log(), /"msg":"unmounted"/);
+  } finally {
+    await g.unmount();
+    await host.stop();
   }
 });
 

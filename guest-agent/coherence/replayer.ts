@@ -73,7 +73,15 @@ export class Replayer {
   /** Counters for status and tests. */
   readonly stats = { replays: 0, failed: 0, answered: 0 };
 
-  constructor(private readonly fs: ResilientFileSystem, private readonly log: Logger) {}
+  constructor(private readonly fs: ResilientFileSystem, private readonly log: Logger) {
+    // A replay that waited for a lost host would keep the mount busy (and its unmount waiting) for
+    // the whole reconnect window; it only serves inotify watchers, so it fails at once instead.
+    fs.failFastFor((caller) => caller.pid !== 0 && caller.pid === this.replayPid);
+  }
+
+  private get replayPid(): number {
+    return this.mount?.replayThreadId ?? 0;
+  }
 
   attach(mount: Mount): void {
     this.mount = mount;
@@ -109,7 +117,7 @@ export class Replayer {
   }
 
   intercept(req: Req, s: NativeFuseSession): boolean {
-    const tid = this.mount?.replayThreadId ?? 0;
+    const tid = this.replayPid;
     const mine = tid !== 0 && req.pid === tid;
     if (this.touchesOwn(req)) {
       this.stats.answered++;
@@ -152,7 +160,7 @@ export class Replayer {
     }
     const real = t.answer.real;
     // The real node, with its current attributes: the kernel then acts on the inode it may hold.
-    void this.fs.getattr(INTERNAL, real).then(
+    void this.fs.getattr({ ...INTERNAL, pid: this.replayPid }, real).then(
       (attr) => {
         if (!this.fs.addKernelRef(real)) return this.replyGhost(id, t.parent, t.name, t.mode, s);
         if (s.replyEntry(id, { nodeId: real, generation: 0, attr }, 0, 0) !== 0) this.fs.forget([{ nodeId: real, nlookup: 1 }]);
