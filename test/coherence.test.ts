@@ -519,7 +519,7 @@ test.serial('changes the host cannot watch are seen after the revalidation inter
 });
 
 test('mount options: cache=long trusts names and attributes for revalidate= seconds (default 60)', (t) => {
-  t.deepEqual(cacheTimeouts(parseMountOptions('cache=long').fuse), { entry: 60, attr: 60, negative: 0, keepCache: true, directIo: false });
+  t.deepEqual(cacheTimeouts(parseMountOptions('cache=long').fuse), { entry: 60, attr: 60, negative: 60, keepCache: true, directIo: false });
   const five = cacheTimeouts(parseMountOptions('cache=long,revalidate=5').fuse);
   t.is(five.entry, 5);
   t.is(five.attr, 5);

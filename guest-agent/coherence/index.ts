@@ -82,6 +82,10 @@ export class GuestCoherence implements MountCoherence {
 
   // ---- MountCoherence ----
 
+  replaying(parent: number, name: Buffer): boolean {
+    return this.replayer.isTarget(parent, name);
+  }
+
   intercept(req: Exclude<FuseRequest, { op: 'forget' }>, session: NativeFuseSession): boolean {
     return this.replayer.intercept(req, session);
   }

@@ -95,6 +95,9 @@ export class Replayer {
     this.stats.replays++;
     let errno: number;
     try {
+      // A "no such name" the kernel cached before this replay began would make its syscall fail
+      // without asking us; while it runs, such answers are not cached (see isTarget).
+      for (const t of script.targets) await this.mount.invalidateEntry(t.parent, t.name).catch(() => undefined);
       errno = await this.mount.replay(op);
     } finally {
       this.script = null;
@@ -104,6 +107,11 @@ export class Replayer {
       this.log.debug({ op: op.op, dir: op.dir.toString(), name: op.name.toString(), errno }, 'replay did not go through');
     }
     return { errno, ghost: s.ghost };
+  }
+
+  /** Whether the running replay is about `name` in `parent`. */
+  isTarget(parent: number, name: Buffer): boolean {
+    return !!this.script?.targets.some((t) => t.parent === parent && t.name.equals(name));
   }
 
   /** Forgets of our own nodes stay here. */

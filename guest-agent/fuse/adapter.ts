@@ -40,6 +40,8 @@ export interface MountCoherence {
   changedSince(generation: number, node: number): boolean;
   /** A reply that raced with a change filled the kernel's cache: drop `node`'s attributes and data again. */
   revalidate(node: number): void;
+  /** Whether a replay is about `name` in `parent` now (the kernel must not remember it as absent). */
+  replaying(parent: number, name: Buffer): boolean;
 }
 
 export interface Mount {
@@ -98,6 +100,13 @@ class FuseMount implements Mount {
   /** cache=long: directory handles answered here (listings stay in the kernel's cache). */
   private readonly lazyDirs?: LazyDirs;
   private resolveClosed!: () => void;
+  /**
+   * Nodes whose data changed through this mount since their last FLUSH. A close() of a file with
+   * nothing written (a read, an empty create) then needs no round trip: there is nothing for the
+   * storage to flush and no write error to report. Per node, not per handle: with the writeback
+   * cache the kernel sends a file's dirty pages through any of its writable handles.
+   */
+  private readonly unflushed = new Set<number>();
 
   constructor(
     private readonly fs: FileSystem,
@@ -215,6 +224,8 @@ class FuseMount implements Mount {
       if (this.exited) return;
       try {
         const items = this.coherence ? this.coherence.forget(req.items) : req.items;
+        // The kernel forgets a node only when it evicts the inode, so no handle of it is open.
+        for (const i of items) this.unflushed.delete(i.nodeId);
         if (items.length) this.fs.forget(items);
       } catch (err) {
         this.log?.warn({ err }, 'forget failed');
@@ -259,7 +270,8 @@ class FuseMount implements Mount {
         } catch (err) {
           // A negative entry lets the kernel remember "no such name" for a while.
           if (this.t.negative > 0 && toErrno(err) === E.ENOENT) {
-            s.replyEntry(id, null, raced(req.parent) ? 0 : this.t.negative, 0);
+            const uncached = raced(req.parent) || this.coherence?.replaying(req.parent, req.name);
+            s.replyEntry(id, null, uncached ? 0 : this.t.negative, 0);
             return;
           }
           throw err;
@@ -270,6 +282,7 @@ class FuseMount implements Mount {
         s.replyAttr(id, await fs.getattr(c, req.node, req.fh), raced(req.node) ? 0 : this.t.attr);
         return;
       case 'setattr':
+        if (req.set.size !== undefined) this.unflushed.add(req.node);
         s.replyAttr(id, await fs.setattr(c, req.node, req.set, req.fh), raced(req.node) ? 0 : this.t.attr);
         return;
       case 'readlink':
@@ -314,10 +327,11 @@ class FuseMount implements Mount {
         if (raced(req.node)) this.coherence!.revalidate(req.node);
         return;
       case 'write':
+        this.unflushed.add(req.node);
         s.replyWrite(id, await fs.write(c, req.node, req.fh, req.offset, req.data));
         return;
       case 'flush':
-        await fs.flush(c, req.node, req.fh);
+        if (this.unflushed.delete(req.node)) await fs.flush(c, req.node, req.fh);
         s.replyErr(id, 0);
         return;
       case 'release':
@@ -381,10 +395,12 @@ class FuseMount implements Mount {
         s.replyErr(id, 0);
         return;
       case 'fallocate':
+        this.unflushed.add(req.node);
         await fs.fallocate(c, req.node, req.fh, req.mode, req.offset, req.length);
         s.replyErr(id, 0);
         return;
       case 'copyFileRange':
+        this.unflushed.add(req.nodeOut);
         s.replyWrite(
           id,
           await fs.copyFileRange(c, req.nodeIn, req.fhIn, req.offsetIn, req.nodeOut, req.fhOut, req.offsetOut, req.length, req.flags),

@@ -74,7 +74,7 @@ export const OPTION_HELP = `  allow_other            let other users than the mo
   noinotify              do not raise inotify events in the guest for changes made elsewhere
   entry_timeout=SEC      how long names are cached (overrides cache=)
   attr_timeout=SEC       how long attributes are cached (overrides cache=)
-  negative_timeout=SEC   how long "no such file" is cached (default 0)
+  negative_timeout=SEC   how long "no such file" is cached (default 0; cache=long: as revalidate)
   writeback              let the kernel cache writes and send them later (writeback_cache)
   max_read=N  max_write=N  max_background=N
                          transfer sizes in bytes (max_read, max_write at most 1 MiB) / background requests
@@ -245,7 +245,8 @@ export function cacheTimeouts(opts: MountOptions): Timeouts {
   const bound = opts.revalidate === 0 ? 86400 * 365 : opts.revalidate ?? DEFAULT_REVALIDATE;
   const base: Timeouts =
     mode === 'none' ? { entry: 0, attr: 0, negative: 0, keepCache: false, directIo: true }
-    : mode === 'long' ? { entry: bound, attr: bound, negative: 0, keepCache: true, directIo: false }
+    // Absent names too: a create elsewhere is pushed as an invalidation of that name, like any change.
+    : mode === 'long' ? { entry: bound, attr: bound, negative: bound, keepCache: true, directIo: false }
     : { entry: 1, attr: 1, negative: 0, keepCache: false, directIo: false };
   return {
     ...base,
