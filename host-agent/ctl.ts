@@ -18,7 +18,8 @@ const USAGE = `Usage: ${PROGRAM} [--socket PATH] COMMAND ...
   detach VM TARGET|NAME|DIR
         Take it away; the guest unmounts it (lazily if busy).
   list [--json]      VMs, their shares, and where each resolved
-  status [--json]    also connections, exports in use, requests in flight, bytes, errors
+  status [--json]    also connections, exports in use, requests in flight, bytes, errors,
+                     and per VM its host fds and requests against its limits
 
 An operator's day:
   1. Describe the storage nodes in /etc/dirvisor/host.yaml (storage.nodes: name, path, prefixes)
@@ -53,7 +54,8 @@ async function call(socketPath: string, op: ControlOp, args: Record<string, unkn
 }
 
 interface ShareRow { name: string; dir: string; target: string; readOnly: boolean; node?: string; hostPath?: string; reason?: string; error?: string }
-interface VmRow { name: string; source: string; identity: Record<string, unknown>; shares: ShareRow[]; connections?: number }
+interface VmUsage { fds: number; maxFds: number; running: number; waiting: number; maxInFlight: number }
+interface VmRow { name: string; source: string; identity: Record<string, unknown>; shares: ShareRow[]; connections?: number; usage?: VmUsage }
 
 function identityText(id: Record<string, unknown>): string {
   if (id.cid !== undefined) return `cid ${id.cid}`;
@@ -69,6 +71,8 @@ function printVms(vms: VmRow[]): void {
   for (const vm of vms) {
     const conn = vm.connections === undefined ? '' : `, ${vm.connections} connection${vm.connections === 1 ? '' : 's'}`;
     console.log(`${vm.name}  (${identityText(vm.identity)}, from ${vm.source}${conn})`);
+    const u = vm.usage;
+    if (u) console.log(`  host fds ${u.fds}/${u.maxFds}, requests ${u.running}/${u.maxInFlight} running, ${u.waiting} waiting`);
     for (const s of vm.shares) {
       const where = s.error ? `UNRESOLVED: ${s.error}` : `${s.node}:${s.hostPath}  (${s.reason})`;
       console.log(`  ${s.target.padEnd(20)} <- ${s.dir}${s.readOnly ? ' [ro]' : ''}  ${where}`);

@@ -90,6 +90,12 @@ export class HostServer {
     return l;
   }
 
+  /** What a VM holds now against its limits: host fds (nodes + open files), requests served and waiting. */
+  vmUsage(vmName: string): { fds: number; maxFds: number; running: number; waiting: number; maxInFlight: number } {
+    const l = this.vmLimiter(vmName);
+    return { fds: l.fdsInUse, maxFds: l.limits.maxFds, ...l.inFlight, maxInFlight: l.limits.maxInFlight };
+  }
+
   async listen(uri: string): Promise<Listener> {
     const l = await listen(uri, (stream, peer) => this.accept(stream, peer));
     this.listeners.push(l);

@@ -335,6 +335,10 @@ test.serial('dirvisorctl list and status (--json) show VMs, where each share res
   const webSt = st.vms.find((v) => v.name === 'web-1')!;
   t.is(webSt.connections, 1, 'web-1 has one connection');
   t.is(st.vms.find((v) => v.name === 'api-1')!.connections, 0);
+  // Per VM, what it holds against its limits: web-1 knows nodes (one host fd each), api-1 nothing.
+  t.true(webSt.usage!.fds >= 2, `web-1 holds host fds (${webSt.usage!.fds})`);
+  t.like(webSt.usage, { maxFds: 16384, maxInFlight: 512, waiting: 0 });
+  t.like(st.vms.find((v) => v.name === 'api-1')!.usage, { fds: 0, running: 0, waiting: 0 });
   t.is(st.connections.length, 1);
   const c = st.connections[0];
   t.is(c.vm, 'web-1');
@@ -358,6 +362,7 @@ test.serial('dirvisorctl list and status (--json) show VMs, where each share res
   t.regex(human.stdout, /web-1 {2}\(token, from vms\.d\/web-1\.yaml, 1 connection\)/);
   t.true(human.stdout.includes(`big:${path.join(big, 'projects/alpha')}`));
   t.regex(human.stdout, /#\d+ web-1 via unix .*exports \[alpha\]/);
+  t.regex(human.stdout, /web-1 .*\n {2}host fds \d+\/16384, requests \d+\/512 running, 0 waiting/);
 });
 
 // The host agent is killed (SIGKILL: no goodbye, stale sockets left) and started again while the

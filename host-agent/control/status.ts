@@ -37,7 +37,11 @@ export async function statusReport(ctx: ControlContext) {
   }));
   return {
     uptimeSeconds: Math.round((Date.now() - ctx.startedAt.getTime()) / 1000),
-    vms: listReport(ctx.registry.list()).map((vm) => ({ ...vm, connections: connections.filter((c) => c.vm === vm.name).length })),
+    vms: listReport(ctx.registry.list()).map((vm) => ({
+      ...vm,
+      connections: connections.filter((c) => c.vm === vm.name).length,
+      usage: ctx.server.vmUsage(vm.name),
+    })),
     connections,
     storage: ctx.storage ? { nodes: await ctx.storage.nodeStatus(), decisions: ctx.storage.decisions().slice(-20) } : undefined,
   };

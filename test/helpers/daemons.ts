@@ -248,6 +248,8 @@ export interface VmRow {
   identity: Record<string, unknown>;
   shares: ShareRow[];
   connections?: number;
+  /** status only: what the VM holds against its limits. */
+  usage?: { fds: number; maxFds: number; running: number; waiting: number; maxInFlight: number };
 }
 
 export interface ConnectionRow {
