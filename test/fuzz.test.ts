@@ -69,11 +69,11 @@ async function fakeHost(t: { teardown(fn: () => void): void }, serve: (req: Inco
 const ROOT = { uid: 0, gid: 0, pid: 1 };
 const MOUNT_REPLY: Reply = { body: { mountReply: { exportId: 1, info: { name: 'default' }, root: { ino: 1, mode: 0o40755, nlink: 2 } } } };
 
-// BUG (guest-agent/host-link.ts mountExport): `f.envelope.mountReply!` is used without checking the
-// reply's type, so a host answering mountExport with anything else (here OkReply) makes it throw
+// Regression (guest-agent/host-link.ts mountExport): `f.envelope.mountReply!` was used without checking
+// the reply's type, so a host answering mountExport with anything else (here OkReply) made it throw
 // "TypeError: Cannot read properties of null (reading 'exportId')" instead of FsError(EPROTO); every
 // ResilientFileSystem operation waiting for the mount then rejects with that TypeError (EIO in FUSE).
-test('BUG HostLink.mountExport answered with the wrong reply type rejects with FsError EPROTO, not a TypeError', async (t) => {
+test('HostLink.mountExport answered with the wrong reply type rejects with FsError EPROTO, not a TypeError', async (t) => {
   const uri = await fakeHost(t, () => ({ body: { ok: {} } }));
   const link = new HostLink({ uri, token: 't', logger: silentLogger(), keepaliveMs: 0 });
   t.teardown(() => link.close());
@@ -83,13 +83,13 @@ test('BUG HostLink.mountExport answered with the wrong reply type rejects with F
   t.true(err instanceof FsError && err.errno === E.EPROTO, 'an FsError with EPROTO');
 });
 
-// BUG (guest-agent/resilient-fs.ts hostNode/relookup): relookup() resolves the parent first, and only
-// registers itself in `resolving` after that synchronous recursion, so a cycle in the remembered
+// Regression (guest-agent/resilient-fs.ts hostNode/relookup): relookup() resolved the parent first, and only
+// registered itself in `resolving` after that synchronous recursion, so a cycle in the remembered
 // parents recurses until "RangeError: Maximum call stack size exceeded". A real host can produce the
 // cycle: the guest knows a/ and a/b/, the storage side moves b out and a into b (b/a/), the guest looks
 // up "a" under b (same inode: its record now says a's parent is b, and b's parent is still a); after a
 // reconnection every operation on a or b overflows the stack instead of failing with ESTALE.
-test('BUG ResilientFileSystem: a parent cycle after storage-side moves gives ESTALE after a reconnection, not a stack overflow', async (t) => {
+test('ResilientFileSystem: a parent cycle after storage-side moves gives ESTALE after a reconnection, not a stack overflow', async (t) => {
   const work = await fs.mkdtemp(path.join(os.tmpdir(), 'dirvisor-cycle-'));
   const storage = path.join(work, 'storage');
   await fs.mkdir(path.join(storage, 'a', 'b'), { recursive: true });
@@ -117,11 +117,11 @@ test('BUG ResilientFileSystem: a parent cycle after storage-side moves gives EST
   t.true(err === null || err instanceof FsError, 'resolves, or fails with an FsError (ESTALE)');
 });
 
-// BUG (guest-agent/resilient-fs.ts run): an ENOTCONN *reply* from a live host (what a FUSE-based
+// Regression (guest-agent/resilient-fs.ts run): an ENOTCONN *reply* from a live host (what a FUSE-based
 // storage mount such as CephFS or GlusterFS answers when its daemon is gone: "Transport endpoint is
 // not connected") is taken for a lost connection and the operation is re-sent back to back for the
 // whole retry window (30 s by default): measured ~6,000 requests per second for one getattr.
-test('BUG ResilientFileSystem does not re-send an operation the host answered with ENOTCONN in a tight loop', async (t) => {
+test('ResilientFileSystem does not re-send an operation the host answered with ENOTCONN in a tight loop', async (t) => {
   let getattrs = 0;
   const uri = await fakeHost(t, (req) => {
     if (req.kind === 'mountExport') return MOUNT_REPLY;

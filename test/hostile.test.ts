@@ -238,13 +238,13 @@ test.serial('100,000 requests pipelined without reading the replies, then read: 
   t.true((await canary(host)) < 1000, 'another connection is served afterwards');
 });
 
-// BUG (host-agent/server.ts + shared/rpc/session.ts): `dirvisor-host serve` builds its HostServer without
-// limits, so the Session gets `maxIncoming: undefined`, and `{ maxIncoming: 256, ...options }` lets that
+// Regression (host-agent/server.ts + shared/rpc/session.ts): `dirvisor-host serve` built its HostServer without
+// limits, so the Session got `maxIncoming: undefined`, and `{ maxIncoming: 256, ...options }` lets that
 // undefined replace the default: there is NO limit on requests in flight per connection. A guest that
 // pipelines requests and does not read its replies makes the host take all of them and queue every
 // reply (measured: ~430 MB for 100,000 getattr; the reply backlog counts 64 bytes per reply, so its
 // 8 MiB cap never triggers for small replies).
-test.serial('BUG serve has no in-flight limit: 100,000 pipelined requests from a client that does not read keep the host under 150 MB of growth', async (t) => {
+test.serial('serve bounds requests in flight: 100,000 pipelined requests from a client that does not read keep the host under 150 MB of growth', async (t) => {
   t.timeout(120_000);
   const host = await freshHost(t);
   const c = await mounted(t, host);
@@ -265,11 +265,11 @@ test.serial('BUG serve has no in-flight limit: 100,000 pipelined requests from a
   t.true(peak - rss0 < 150 * MB, `RSS grew by ${Math.round((peak - rss0) / MB)} MB`);
 });
 
-// BUG (same root cause): with no in-flight limit, 1,000 reads of 1 MiB from a client that does not read
+// Regression (same root cause): with no in-flight limit, 1,000 reads of 1 MiB from a client that does not read
 // its replies are all served and all their data is queued in the host (measured: ~1 GB; with 2,000 reads
 // of 4 MiB, 4.3 GB while blocked and 8 GB peak). The design bound would be 256 in flight x 1 MiB + the
 // 8 MiB reply backlog, about 270 MB.
-test.serial('BUG serve has no in-flight limit: 1,000 reads of 1 MiB from a client that does not read keep the host under 300 MB of growth', async (t) => {
+test.serial('serve bounds requests in flight: 1,000 reads of 1 MiB from a client that does not read keep the host under 300 MB of growth', async (t) => {
   t.timeout(120_000);
   const host = await freshHost(t);
   const c = await mounted(t, host);
@@ -306,7 +306,7 @@ test.serial('another VM keeps its latency while a busy VM keeps 256 requests in 
 // Was a GAP (one VM could starve another): `serve` had no in-flight limit, and a connection keeping
 // tens of thousands of getattr in flight pushed another's round trips to around a second (measured
 // p99 0.75-1.8 s). Now each connection is served at most 256 requests at once (and each VM 512).
-test.serial('GAP no fairness between VMs: another VM keeps p99 < 500 ms while one connection keeps 100,000 requests in flight', async (t) => {
+test.serial('fairness between VMs: another VM keeps p99 < 500 ms while one connection keeps 100,000 requests in flight', async (t) => {
   t.timeout(120_000);
   const host = await freshHost(t);
   const other = await otherVm(t, host);
@@ -405,7 +405,7 @@ test.serial('opening handles until refused: EMFILE/ENFILE, the host stays up, an
 // up the host's RLIMIT_NOFILE. Now each export view holds at most 4096 handles (serve --max-handles)
 // and each VM at most 16384 fds (--max-fds; test/limits.test.ts checks the budget across
 // connections, with two VMs).
-test.serial('GAP no per-VM fd budget: while one VM holds all the handles it can get, another VM can still mount and read', async (t) => {
+test.serial('per-VM fd budget: while one VM holds all the handles it can get, another VM can still mount and read', async (t) => {
   t.timeout(120_000);
   const host = await freshHost(t);
   const c = await mounted(t, host);
