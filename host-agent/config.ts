@@ -52,6 +52,8 @@ export interface StorageConfig {
   ioTimeoutMs: number;
   /** File operations on one node at once, all VMs together (a frozen node holds at most these threads). */
   maxCallsPerNode: number;
+  /** How often each node's mount is checked for being unmounted or replaced (storage/mount-watch.ts), in ms. */
+  mountCheckIntervalMs: number;
 }
 
 export interface ShareDefaults {
@@ -114,7 +116,7 @@ export function defaultConfig(source = '(defaults)'): HostConfig {
     controlSocket: '/run/dirvisor/control.sock',
     stateDir: '/var/lib/dirvisor',
     vmsDir: '/etc/dirvisor/vms.d',
-    storage: { nodes: [], placement: { reserve: { percent: 10 }, skipUnreachable: false }, timeoutMs: 5000, ioTimeoutMs: 30_000, maxCallsPerNode: 8 },
+    storage: { nodes: [], placement: { reserve: { percent: 10 }, skipUnreachable: false }, timeoutMs: 5000, ioTimeoutMs: 30_000, maxCallsPerNode: 8, mountCheckIntervalMs: 1000 },
     defaults: { readOnly: false, squash: 'none', anonUid: 65534, anonGid: 65534, cache: 'long', mountOptions: [] },
     limits: { maxInFlight: 256, maxHandles: 4096, maxFds: 16384, maxVmInFlight: 512 },
   };
@@ -343,7 +345,7 @@ function listeners(c: Checker, v: unknown, fallback: string[]): string[] {
 }
 
 function storage(c: Checker, v: unknown, d: StorageConfig): StorageConfig {
-  const s = mapping(c, v, ['storage'], ['nodes', 'placement', 'timeout', 'io_timeout', 'max_calls_per_node']);
+  const s = mapping(c, v, ['storage'], ['nodes', 'placement', 'timeout', 'io_timeout', 'max_calls_per_node', 'mount_check_interval']);
   const p = mapping(c, s.placement, ['storage', 'placement'], ['reserve', 'skip_unreachable']);
   let timeoutMs = d.timeoutMs;
   if (s.timeout !== undefined && s.timeout !== null) {
@@ -359,6 +361,13 @@ function storage(c: Checker, v: unknown, d: StorageConfig): StorageConfig {
     else if (t < 100 || t > 3_600_000) c.fail(['storage', 'io_timeout'], `must be between 100ms and 1h, got ${JSON.stringify(s.io_timeout)}`);
     else ioTimeoutMs = t;
   }
+  let mountCheckIntervalMs = d.mountCheckIntervalMs;
+  if (s.mount_check_interval !== undefined && s.mount_check_interval !== null) {
+    const t = parseDuration(s.mount_check_interval);
+    if (typeof t === 'string') c.fail(['storage', 'mount_check_interval'], t);
+    else if (t < 100 || t > 600_000) c.fail(['storage', 'mount_check_interval'], `must be between 100ms and 10m, got ${JSON.stringify(s.mount_check_interval)}`);
+    else mountCheckIntervalMs = t;
+  }
   return {
     nodes: storageNodes(c, s.nodes),
     placement: {
@@ -368,6 +377,7 @@ function storage(c: Checker, v: unknown, d: StorageConfig): StorageConfig {
     timeoutMs,
     ioTimeoutMs,
     maxCallsPerNode: int(c, s.max_calls_per_node, ['storage', 'max_calls_per_node'], d.maxCallsPerNode, 1, 1024),
+    mountCheckIntervalMs,
   };
 }
 

@@ -9,6 +9,7 @@ import { VmsDirWatcher } from './vms/watch.js';
 import { HostServer } from './server.js';
 import { listenControl } from './control/server.js';
 import { NodeGuard, GuardedFs } from './storage/guard.js';
+import { MountWatch } from './storage/mount-watch.js';
 import { PosixBackend } from './backend/posix.js';
 import { IdMap, withIdMap } from './idmap.js';
 import { CoherenceHub } from './coherence/hub.js';
@@ -27,11 +28,23 @@ export async function startHostDaemon(configFile: string, logger: Logger, opts: 
   const config = await loadConfig(configFile, { missingOk: opts.missingOk });
   logger.info({ config: config.source, nodes: config.storage.nodes.map((n) => n.name), listen: config.listen }, 'configuration loaded');
   const storage = new StorageMap(config.storage, logger.child({ component: 'storage' }));
+  // One mount watch per storage node: notices its filesystem being unmounted or replaced, and
+  // brings its exports back when it is mounted again (storage/mount-watch.ts).
+  const mounts = new Map(config.storage.nodes.map((n) => [n.name, new MountWatch(n, logger.child({ component: 'storage' }), {
+    intervalMs: config.storage.mountCheckIntervalMs,
+    timeoutMs: config.storage.timeoutMs,
+  })]));
+  await Promise.all([...mounts.values()].map((m) => m.start()));
+  storage.setAvailability((node) => mounts.get(node)?.problem?.message);
   // One guard per storage node, shared by every export view on it (storage/guard.ts).
   const guards = new Map<string, NodeGuard>();
   const guardOf = (node: string): NodeGuard => {
     let g = guards.get(node);
-    if (!g) guards.set(node, (g = new NodeGuard(node, { maxCalls: config.storage.maxCallsPerNode, timeoutMs: config.storage.ioTimeoutMs })));
+    if (!g) {
+      g = new NodeGuard(node, { maxCalls: config.storage.maxCallsPerNode, timeoutMs: config.storage.ioTimeoutMs });
+      g.mount = mounts.get(node);
+      guards.set(node, g);
+    }
     return g;
   };
   const registry = new VmRegistry({
@@ -40,7 +53,11 @@ export async function startHostDaemon(configFile: string, logger: Logger, opts: 
     defaultCache: config.defaults.cache,
     resolve: (share) => storage.resolve(share.dir, { create: share.create, owner: share.owner, mode: share.mode }),
     openExport: async (hostPath, share, node) => {
+      // Never on whatever lies below the mount point of a node whose filesystem is gone.
+      const mount = mounts.get(node);
+      const generation = mount?.openable();
       const backend = await PosixBackend.create(hostPath, { readOnly: share.readOnly || config.defaults.readOnly, logger, maxHandles: config.limits.maxHandles });
+      if (mount) mount.track(backend, generation!);
       const d = config.defaults;
       return withIdentity(withIdMap(new GuardedFs(backend, guardOf(node)), new IdMap({
         squash: share.squash ?? d.squash,
@@ -77,6 +94,7 @@ export async function startHostDaemon(configFile: string, logger: Logger, opts: 
       await watcher.stop();
       await control.close();
       await server.close();
+      for (const m of mounts.values()) m.stop();
     },
   };
 }

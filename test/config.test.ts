@@ -32,7 +32,7 @@ test('an empty file gives the defaults', (t) => {
   t.is(c.controlSocket, '/run/dirvisor/control.sock');
   t.is(c.stateDir, '/var/lib/dirvisor');
   t.is(c.vmsDir, '/etc/dirvisor/vms.d');
-  t.deepEqual(c.storage, { nodes: [], placement: { reserve: { percent: 10 }, skipUnreachable: false }, timeoutMs: 5000, ioTimeoutMs: 30_000, maxCallsPerNode: 8 });
+  t.deepEqual(c.storage, { nodes: [], placement: { reserve: { percent: 10 }, skipUnreachable: false }, timeoutMs: 5000, ioTimeoutMs: 30_000, maxCallsPerNode: 8, mountCheckIntervalMs: 1000 });
   t.deepEqual(c.defaults, { readOnly: false, squash: 'none', anonUid: 65534, anonGid: 65534, cache: 'long', mountOptions: [] });
   t.deepEqual(c.limits, { maxInFlight: 256, maxHandles: 4096, maxFds: 16384, maxVmInFlight: 512 });
 });

@@ -47,7 +47,7 @@ function node(name: string, p: string, extra: Partial<StorageNodeConfig> = {}): 
 
 function storage(nodes: StorageNodeConfig[], extra: Partial<StorageConfig['placement']> & { timeoutMs?: number } = {}): StorageConfig {
   const { timeoutMs = 5000, ...placement } = extra;
-  return { nodes, placement: { reserve: { bytes: MiB }, skipUnreachable: false, ...placement }, timeoutMs, ioTimeoutMs: 30_000, maxCallsPerNode: 8 };
+  return { nodes, placement: { reserve: { bytes: MiB }, skipUnreachable: false, ...placement }, timeoutMs, ioTimeoutMs: 30_000, maxCallsPerNode: 8, mountCheckIntervalMs: 1000 };
 }
 
 function map(cfg: StorageConfig) {

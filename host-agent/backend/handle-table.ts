@@ -1,7 +1,8 @@
 // Open handles (fh) of a POSIX export: each owns a real fd (file or directory), opened from a node.
 // Like nodes, handles are pinned while an operation uses their fd, so a concurrent release cannot
 // close (and let the kernel reuse) an fd that a read or write still uses. fh numbers are never
-// reused; an fh that was never issued, was released, or belongs to another node is EBADF.
+// reused; an fh that was never issued, was released, or belongs to another node is EBADF. Handles
+// dropped because their filesystem went away (expireAll) are ESTALE, and may still be released.
 import { E, FsError } from '../../shared/fs/errors.js';
 
 export type HandleKind = 'file' | 'dir';
@@ -59,6 +60,8 @@ export class DirState {
 
 export class HandleTable {
   private readonly byFh = new Map<number, Handle>();
+  /** Handles dropped by expireAll() that the guest has not released yet. */
+  private readonly expired = new Set<number>();
   private nextFh = 1;
 
   constructor(
@@ -91,6 +94,7 @@ export class HandleTable {
 
   pin(fh: number, nodeId: number, kind: HandleKind): Handle {
     const h = this.byFh.get(fh);
+    if (!h && this.expired.has(fh)) throw new FsError(E.ESTALE, `handle ${fh} was open on a filesystem that is gone`);
     if (!h || h.nodeId !== nodeId || h.kind !== kind) throw new FsError(E.EBADF, `bad handle ${fh}`);
     h.pins++;
     return h;
@@ -104,12 +108,22 @@ export class HandleTable {
   /** Forgets the handle; its fd closes now or when the last operation using it ends. */
   release(fh: number, nodeId: number, kind: HandleKind): void {
     const h = this.byFh.get(fh);
+    if (!h && this.expired.delete(fh)) return;
     if (!h || h.nodeId !== nodeId || h.kind !== kind) throw new FsError(E.EBADF, `bad handle ${fh}`);
     this.remove(h);
   }
 
   clear(): void {
     for (const h of [...this.byFh.values()]) this.remove(h);
+    this.expired.clear();
+  }
+
+  /** Drops every handle because its filesystem went away: using one afterwards is ESTALE. */
+  expireAll(): void {
+    for (const h of [...this.byFh.values()]) {
+      this.expired.add(h.fh);
+      this.remove(h);
+    }
   }
 
   private remove(h: Handle): void {

@@ -12,6 +12,11 @@
 // creates is owned by that user, and EACCES/EPERM are the kernel's verdicts. uid/gid squashing is
 // the caller's job (map Caller before it reaches the backend).
 //
+// Storage that goes away. When the filesystem under the export is unmounted or replaced
+// (storage/mount-watch.ts), storageGone() drops every fd into it and operations answer EIO;
+// storageBack() opens the root again on the filesystem mounted now. Node ids and handles given out
+// before answer ESTALE: they named files of the old filesystem.
+//
 // Errno choices:
 //   unknown node id                      ESTALE  (the guest may re-lookup, e.g. after a restart)
 //   unknown/released fh, or fh of another node, or a dir handle used as a file (or vice versa)
@@ -112,6 +117,11 @@ export class PosixBackend implements FileSystem {
   private readonly closing = new Set<Promise<void>>();
   private opened = false;
   private destroyed = false;
+  /** Why the storage is not there (every operation answers EIO), between storageGone and storageBack. */
+  private unavailable?: string;
+  /** Counts storageGone() calls, so a storageBack() overtaken by another loss does not revive the view. */
+  private losses = 0;
+  private onReplaced?: () => void;
 
   /** Opens the export root and returns a ready backend. */
   static async create(rootDir: string, options: PosixBackendOptions = {}): Promise<PosixBackend> {
@@ -144,6 +154,45 @@ export class PosixBackend implements FileSystem {
       throw err;
     }
     this.opened = true;
+  }
+
+  get closed(): boolean {
+    return this.destroyed;
+  }
+
+  /** The filesystem under the export went away: drop every fd into it, answer EIO with `reason`. */
+  storageGone(reason: string): void {
+    this.unavailable = reason;
+    this.losses++;
+    if (this.destroyed) return;
+    this.handles.expireAll();
+    this.nodes.clear();
+  }
+
+  /** Opens the root again on the filesystem mounted now; earlier node ids and handles stay ESTALE. */
+  async storageBack(): Promise<void> {
+    if (this.destroyed || this.unavailable === undefined) return;
+    const losses = this.losses;
+    const fd = await sys.openat(C.AT_FDCWD, this.rootDir, C.O_PATH | C.O_DIRECTORY);
+    let stat: Stat;
+    try {
+      stat = await sys.fstatat(fd);
+    } catch (err) {
+      this.closeFd(fd);
+      throw err;
+    }
+    if (this.destroyed || this.losses !== losses) {
+      this.closeFd(fd);
+      return;
+    }
+    this.nodes.setRoot(fd, stat);
+    this.unavailable = undefined;
+    this.onReplaced?.();
+  }
+
+  /** Tells `listener` when storageBack() has opened the export on another filesystem (coherence). */
+  onStorageReplaced(listener: () => void): void {
+    this.onReplaced = listener;
   }
 
   /** Known nodes and open handles, for status and tests. */
@@ -643,6 +692,7 @@ export class PosixBackend implements FileSystem {
 
   private async withNode<T>(id: number, fn: (n: Node) => Promise<T>): Promise<T> {
     if (!this.opened) throw new FsError(E.EIO, 'backend not opened');
+    if (this.unavailable !== undefined) throw new FsError(E.EIO, this.unavailable);
     const n = this.nodes.pin(id);
     try {
       return await fn(n);
@@ -654,6 +704,7 @@ export class PosixBackend implements FileSystem {
   }
 
   private async withHandle<T>(node: number, fh: number, kind: HandleKind, fn: (h: Handle) => Promise<T>): Promise<T> {
+    if (this.unavailable !== undefined) throw new FsError(E.EIO, this.unavailable);
     const h = this.handles.pin(fh, node, kind);
     try {
       return await fn(h);

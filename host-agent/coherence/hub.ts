@@ -89,9 +89,21 @@ export class CoherenceHub {
     const sub = new Subscription(this, identity, new Outbox(session, exportId, this.opts.outbox));
     this.subs.add(sub);
     identity.onNodeDropped((key) => this.dropped(key));
+    identity.onStorageReplaced?.(() => this.storageReplaced(sub));
     const root = identity.keyOf(ROOT_ID);
     if (root) this.ensureWatched(root, identity, ROOT_ID);
     return sub;
+  }
+
+  /**
+   * `sub`'s view was opened again on another filesystem: watch its new root, and tell the guest
+   * that anything may have changed, so its kernel drops what it cached from the old one.
+   */
+  private storageReplaced(sub: Subscription): void {
+    if (this.closed || !this.subs.has(sub)) return;
+    const root = sub.identity.keyOf(ROOT_ID);
+    if (root) this.ensureWatched(root, sub.identity, ROOT_ID);
+    sub.outbox.push([{ kind: K.ALL }]);
   }
 
   close(): void {

@@ -22,6 +22,11 @@ export interface NodeIdentity {
   withNodeFd<T>(nodeId: number, fn: (fd: number) => T): T | undefined;
   /** Tells `listener` the key of every node the view forgets (one listener per view). */
   onNodeDropped(listener: (key: string) => void): void;
+  /**
+   * Tells `listener` when the view was opened again on another filesystem (its storage was
+   * unmounted or replaced, then mounted again): every node the guest knew is gone.
+   */
+  onStorageReplaced?(listener: () => void): void;
 }
 
 const identities = new WeakMap<FileSystem, NodeIdentity>();

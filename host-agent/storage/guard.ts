@@ -9,7 +9,10 @@
 //     copy_file_range get 4x): past it the caller gets ETIMEDOUT at once, while the call itself
 //     keeps its slot until it really returns. A result that arrives late is undone where it holds
 //     something (a handle opened late is released, a node looked up late is forgotten).
-// Errors the storage itself gives (EIO, ENOSPC, EDQUOT, ESTALE...) pass through unchanged.
+// Errors the storage itself gives (EIO, ENOSPC, EDQUOT, ESTALE...) pass through unchanged, except
+// that one which can mean the node's filesystem itself went away (ESHUTDOWN from an evicted CephFS
+// client, EIO, ENOTCONN, ENODEV) first has the node's mount checked (mount-watch.ts): if it is
+// gone, the caller gets the node's EIO, which names the node and what to do.
 import type {
   Attr, Caller, CreateResult, DirEntry, Entry, FileSystem, OpenResult, SetAttr, StatFs,
 } from '../../shared/fs/interface.js';
@@ -25,6 +28,18 @@ export interface NodeGuardOptions {
 
 export const DEFAULT_NODE_GUARD: NodeGuardOptions = { maxCalls: 8, timeoutMs: 30_000 };
 
+/** What a guard needs of its node's mount watch (mount-watch.ts). */
+export interface NodeMountCheck {
+  /** The error operations get while the node's filesystem is gone; undefined while it serves. */
+  readonly problem: FsError | undefined;
+  check(): Promise<void>;
+}
+
+/** Linux's ESHUTDOWN, which Node's os.constants.errno lacks. */
+const ESHUTDOWN = 108;
+/** Answers that can mean the mount is gone rather than one file failing. */
+const MOUNT_SUSPECTS: ReadonlySet<number> = new Set([ESHUTDOWN, E.EIO, E.ENOTCONN, E.ENODEV]);
+
 /** One storage node's slots and deadline, shared by every export view on that node. */
 export class NodeGuard {
   private running = 0;
@@ -33,7 +48,18 @@ export class NodeGuard {
   stuck = 0;
   timeouts = 0;
 
+  /** The node's mount watch, when it has one. */
+  mount?: NodeMountCheck;
+
   constructor(readonly node: string, readonly options: NodeGuardOptions) {}
+
+  /** `err` from the storage, or the node's own error when it says the node's mount is gone. */
+  async explain(err: unknown): Promise<unknown> {
+    const mount = this.mount;
+    if (!mount || !(err instanceof FsError) || !MOUNT_SUSPECTS.has(err.errno)) return err;
+    if (!mount.problem) await mount.check();
+    return mount.problem ?? err;
+  }
 
   get inFlight(): number {
     return this.running;
@@ -104,7 +130,9 @@ export class GuardedFs implements FileSystem {
   constructor(private readonly inner: FileSystem, private readonly guard: NodeGuard) {}
 
   private g<T>(what: string, op: () => Promise<T>, slow = 1, undo?: (v: T) => void): Promise<T> {
-    return this.guard.run(what, op, slow, undo);
+    return this.guard.run(what, op, slow, undo).catch(async (err: unknown) => {
+      throw await this.guard.explain(err);
+    });
   }
 
   private forgetLate = (e: Entry): void => this.inner.forget([{ nodeId: e.nodeId, nlookup: 1 }]);

@@ -93,6 +93,7 @@ export class StorageMap {
   private readonly history: Decision[] = [];
   private queue: Promise<unknown> = Promise.resolve();
   private rootDev?: number;
+  private unavailable?: (node: string) => string | undefined;
 
   constructor(private readonly config: StorageConfig, private readonly log: Logger, private readonly historySize = 200) {
     this.nodeFs = config.nodes.map((n) => new NodeFs(n, config.timeoutMs));
@@ -104,6 +105,14 @@ export class StorageMap {
 
   get nodes(): readonly StorageNodeConfig[] {
     return this.config.nodes;
+  }
+
+  /**
+   * Tells the map why a node cannot be used at the moment, as its mount watch knows
+   * (mount-watch.ts): its filesystem was unmounted or replaced, or its client was cut off.
+   */
+  setAvailability(unavailable: (node: string) => string | undefined): void {
+    this.unavailable = unavailable;
   }
 
   /** The node whose longest prefix covers `dir`, if any (no filesystem access). */
@@ -147,7 +156,7 @@ export class StorageMap {
       const n = nfs.config;
       const base: NodeStatus = { name: n.name, backend: n.backend, path: n.path, prefixes: [...n.prefixes], placement: n.placement, reachable: false };
       try {
-        nfs.close(await nfs.openRoot(rootDev));
+        nfs.close(await this.openRoot(nfs, rootDev));
         const cap = await nfs.capacity();
         return { ...base, reachable: true, totalBytes: cap.totalBytes, freeBytes: cap.freeBytes, reserveBytes: reserveBytes(this.reserveOf(n), cap.totalBytes) };
       } catch (err) {
@@ -167,7 +176,7 @@ export class StorageMap {
     const nfs = this.nodeFs[this.config.nodes.indexOf(node)];
     const why = `prefix ${prefix} of node ${node.name}`;
     const names = components(dir);
-    const rootFd = await nfs.openRoot(await this.rootDevice()).catch((err: StorageError) => {
+    const rootFd = await this.openRoot(nfs, await this.rootDevice()).catch((err: StorageError) => {
       throw noted(new StorageError('EHOSTUNREACH', `${dir} belongs to node ${node.name} by its prefix ${prefix}, but the node is unreachable: ${err.message}`), [{ node: node.name, note: `unreachable: ${err.message}` }]);
     });
     const fds = [rootFd];
@@ -288,7 +297,7 @@ export class StorageMap {
   private async probe(nfs: NodeFs, order: number, rootDev: number, names: string[]): Promise<Probe> {
     let rootFd: number;
     try {
-      rootFd = await nfs.openRoot(rootDev);
+      rootFd = await this.openRoot(nfs, rootDev);
     } catch (err) {
       return { nfs, order, state: 'unreachable', error: err as StorageError };
     }
@@ -305,6 +314,12 @@ export class StorageMap {
   }
 
   // ---- plumbing --------------------------------------------------------------------------------
+
+  private async openRoot(nfs: NodeFs, rootDev: number): Promise<number> {
+    const why = this.unavailable?.(nfs.name);
+    if (why) throw new StorageError('EHOSTUNREACH', why);
+    return nfs.openRoot(rootDev);
+  }
 
   private reserveOf(n: StorageNodeConfig) {
     return n.reserve ?? this.config.placement.reserve;

@@ -478,3 +478,48 @@ export function background(cmd: string, opts: { cwd?: string } = {}): { proc: Ch
     },
   };
 }
+
+/**
+ * An application holding `file` open read-write on one descriptor (a child process, so the test
+ * never calls into a FUSE mount itself). `write()` writes and fsyncs through that descriptor and
+ * resolves to "ok" or the errno name it got ("EIO", "ESTALE"...).
+ */
+export async function holdOpen(file: string, opts: { teardown(fn: () => void): void }): Promise<{ write(): Promise<string> }> {
+  const code = String.raw`
+import errno, os, sys
+try:
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+except OSError as e:
+    print("cannot open:", errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+    sys.exit(1)
+print("open", flush=True)
+for line in sys.stdin:
+    try:
+        os.pwrite(fd, b"held\n", 0)
+        os.fsync(fd)
+        print("ok", flush=True)
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+`;
+  const p = spawn(PYTHON, ['-c', code, file], { stdio: ['pipe', 'pipe', 'pipe'] });
+  liveProcs.add(p);
+  p.once('exit', () => liveProcs.delete(p));
+  p.stdin!.on('error', () => {});
+  let out = '';
+  p.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+  p.stderr!.on('data', (c: Buffer) => (out += c.toString()));
+  opts.teardown(() => {
+    if (!exited(p)) p.kill('SIGKILL');
+  });
+  const lines = () => out.split('\n').filter(Boolean);
+  await waitFor(() => lines().length > 0 || exited(p), `an application to open ${file}`, { timeoutMs: 30_000 });
+  if (lines()[0] !== 'open') throw new Error(`the application could not open ${file}: ${out}`);
+  return {
+    async write() {
+      const n = lines().length;
+      p.stdin!.write('write\n');
+      await waitFor(() => lines().length > n || exited(p), 'the application to answer', { timeoutMs: 30_000, details: () => out });
+      return lines()[n] ?? `exited: ${out}`;
+    },
+  };
+}
