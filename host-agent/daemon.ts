@@ -8,7 +8,7 @@ import { VmRegistry } from './vms/registry.js';
 import { VmsDirWatcher } from './vms/watch.js';
 import { HostServer } from './server.js';
 import { listenControl } from './control/server.js';
-import { NodeGuard, GuardedFs } from './storage/guard.js';
+import { NodeGuard, GuardedFs, guardedIdentity } from './storage/guard.js';
 import { MountWatch } from './storage/mount-watch.js';
 import { PosixBackend } from './backend/posix.js';
 import { IdMap, withIdMap } from './idmap.js';
@@ -59,13 +59,14 @@ export async function startHostDaemon(configFile: string, logger: Logger, opts: 
       const backend = await PosixBackend.create(hostPath, { readOnly: share.readOnly || config.defaults.readOnly, logger, maxHandles: config.limits.maxHandles });
       if (mount) mount.track(backend, generation!);
       const d = config.defaults;
-      return withIdentity(withIdMap(new GuardedFs(backend, guardOf(node)), new IdMap({
+      const guard = guardOf(node);
+      return withIdentity(withIdMap(new GuardedFs(backend, guard), new IdMap({
         squash: share.squash ?? d.squash,
         anonUid: share.anonUid ?? d.anonUid,
         anonGid: share.anonGid ?? d.anonGid,
         uidMap: share.uidMap,
         gidMap: share.gidMap,
-      })), backend);
+      })), guardedIdentity(backend, guard));
     },
   });
   await registry.load();

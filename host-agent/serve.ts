@@ -10,7 +10,7 @@ import type { Logger } from '../shared/log.js';
 import { HostServer, type Authorizer, type ExportDef } from './server.js';
 import { PosixBackend } from './backend/posix.js';
 import { IdMap, withIdMap, type IdMapConfig } from './idmap.js';
-import { NodeGuard, GuardedFs, DEFAULT_NODE_GUARD } from './storage/guard.js';
+import { NodeGuard, GuardedFs, DEFAULT_NODE_GUARD, guardedIdentity } from './storage/guard.js';
 
 /** Open handles per connection (export view) for `serve`, as the managed agent's default. */
 const SERVE_MAX_HANDLES = 4096;
@@ -55,7 +55,7 @@ export async function serveDirectory(opts: ServeOptions): Promise<HostServer> {
     open: async () => {
       const backend = await PosixBackend.create(dir, { readOnly: !!opts.readOnly, logger: opts.logger, maxHandles: limits.maxHandles ?? SERVE_MAX_HANDLES });
       const guarded = new GuardedFs(backend, guard);
-      return withIdentity(opts.idmap ? withIdMap(guarded, new IdMap(opts.idmap)) : guarded, backend);
+      return withIdentity(opts.idmap ? withIdMap(guarded, new IdMap(opts.idmap)) : guarded, guardedIdentity(backend, guard));
     },
   };
   const authorizer: Authorizer = {

@@ -18,6 +18,7 @@ import type {
 } from '../../shared/fs/interface.js';
 import { FsError, E } from '../../shared/fs/errors.js';
 import { formatDuration } from './units.js';
+import type { NodeIdentity } from '../coherence/identity.js';
 
 export interface NodeGuardOptions {
   /** Calls on the node at once. */
@@ -123,6 +124,27 @@ export class NodeGuard {
       else this.queue.push(start);
     });
   }
+}
+
+/** Deadline of the coherence hub's own stats: a flush for every export waits for them. */
+const HUB_STAT_DEADLINE_MS = 2000;
+
+/**
+ * The coherence hub's view of a backend's nodes, with its stats within the node's bound too: on a
+ * frozen node they would otherwise add stuck threads beyond max_calls_per_node, and hold up the
+ * hub's pushes for every other export until the node answered.
+ */
+export function guardedIdentity(id: NodeIdentity, guard: NodeGuard): NodeIdentity {
+  const slow = Math.min(1, HUB_STAT_DEADLINE_MS / guard.options.timeoutMs);
+  return {
+    keyOf: (nodeId) => id.keyOf(nodeId),
+    nodeOf: (key) => id.nodeOf(key),
+    statChild: (dir, name) => guard.run('stat', () => id.statChild(dir, name), slow),
+    statNode: (nodeId) => guard.run('stat', () => id.statNode(nodeId), slow),
+    withNodeFd: (nodeId, fn) => id.withNodeFd(nodeId, fn),
+    onNodeDropped: (listener) => id.onNodeDropped(listener),
+    onStorageReplaced: id.onStorageReplaced ? (listener) => id.onStorageReplaced!(listener) : undefined,
+  };
 }
 
 /** An export view whose storage calls go through its node's guard. */

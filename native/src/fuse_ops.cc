@@ -551,6 +551,7 @@ const fuse_lowlevel_ops* LowlevelOps() {
 }
 
 void Core::Run() {
+  pthread_setname_np(pthread_self(), "dirvisor-fuse");
   int err = 0;
   struct stat st;
   if (stat(mountpoint.c_str(), &st) != 0)
@@ -603,6 +604,7 @@ bool Core::PushJob(std::unique_ptr<NotifyJob>& job) {
 }
 
 void Core::NotifyLoop() {
+  pthread_setname_np(pthread_self(), "dirvisor-notify");
   BlockSignals();
   for (;;) {
     std::unique_ptr<NotifyJob> job;

@@ -37,6 +37,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/openat2.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -147,6 +148,7 @@ class Pool {
 
  private:
   void ThreadMain() {
+    pthread_setname_np(pthread_self(), "dirvisor-io");  // visible in top -H, /proc/PID/task/*/comm
     // A private fs_struct lets this thread use umask 0 alone: modes from the guest are final.
     if (unshare(CLONE_FS) == 0) umask(0);
     Creds current = root_;
