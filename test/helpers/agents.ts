@@ -512,7 +512,11 @@ export async function startExport(opts: ExportOptions = {}): Promise<Export> {
       const name = `${label.replace(/[^A-Za-z0-9_-]+/g, '_').slice(0, 40)}-${++subdirCounter}`;
       await fs.mkdir(path.join(storage, name));
       await fs.chmod(path.join(storage, name), 0o777);
-      return { m: path.join(g.mnt, name), s: path.join(storage, name), name };
+      // Made on the storage side: the guest learns of it (and of its mode) by a push, a moment
+      // later. Tests start once the mount agrees, so they test what they mean to.
+      const m = path.join(g.mnt, name);
+      await waitFor(async () => ((await fs.stat(m).catch(() => null))?.mode ?? 0) % 0o1000 === 0o777, `${m} to show mode 0777 through the mount`, { timeoutMs: 5000, intervalMs: 5 });
+      return { m, s: path.join(storage, name), name };
     },
     async logs() {
       return `--- host log (${h.logFile}) ---\n${await h.log()}\n--- guest log (${g.logFile}) ---\n${await g.log()}`;
