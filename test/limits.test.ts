@@ -200,3 +200,40 @@ test('a frozen storage node: calls fail with ETIMEDOUT at the deadline, at most 
   // Errors from the storage pass through unchanged.
   t.is(await fs2.lookup(ROOT, 1, B('missing')).then(() => 'ok', (e: FsError) => e.code), 'ENOENT');
 });
+
+test('a storage node serves waiting calls in turn per export view: a guest with 50 calls queued delays another guest\'s call by one round, not 50 calls', async (t) => {
+  const work = await fs.mkdtemp(path.join(os.tmpdir(), 'dirvisor-guard-'));
+  t.teardown(() => fs.rm(work, { recursive: true, force: true }));
+  await fs.writeFile(path.join(work, 'x'), 'x');
+  const backend = await PosixBackend.create(work);
+  t.teardown(() => backend.destroy());
+  // A slow storage: each getattr completes when the test lets one through.
+  const gates: Array<() => void> = [];
+  const order: string[] = [];
+  const slow = (who: string): FileSystem => new Proxy(backend, {
+    get(target, prop, recv) {
+      const v = Reflect.get(target, prop, recv);
+      if (prop !== 'getattr') return typeof v === 'function' ? v.bind(target) : v;
+      return async (...args: unknown[]) => {
+        await new Promise<void>((res) => gates.push(res));
+        order.push(who);
+        return (v as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+      };
+    },
+  });
+  const guard = new NodeGuard('n', { maxCalls: 1, timeoutMs: 60_000 });
+  const busy = new GuardedFs(slow('busy'), guard);
+  const other = new GuardedFs(slow('other'), guard);
+  const busyCalls = Array.from({ length: 50 }, () => busy.getattr(ROOT, 1));
+  const otherCall = other.getattr(ROOT, 1);
+  const step = async () => {
+    while (gates.length === 0) await new Promise((res) => setTimeout(res, 1));
+    gates.shift()!();
+    await new Promise((res) => setTimeout(res, 1));
+  };
+  while (order.length < 51) await step();
+  await Promise.all([...busyCalls, otherCall]);
+  const at = order.indexOf('other');
+  t.log(`the other view's call was served as number ${at + 1} of 51`);
+  t.true(at >= 0 && at <= 2, `served within one round of the waiting views (position ${at + 1})`);
+});

@@ -8,7 +8,10 @@
 //   - each call has a deadline (`timeoutMs`, counting the wait for a slot; fsync, fallocate and
 //     copy_file_range get 4x): past it the caller gets ETIMEDOUT at once, while the call itself
 //     keeps its slot until it really returns. A result that arrives late is undone where it holds
-//     something (a handle opened late is released, a node looked up late is forgotten).
+//     something (a handle opened late is released, a node looked up late is forgotten);
+//   - calls waiting for a slot are served in turn per lane (one export view, i.e. one guest's
+//     connection), so a guest with hundreds of calls queued delays another guest's next call by
+//     one round of the lanes, not by its whole queue.
 // Errors the storage itself gives (EIO, ENOSPC, EDQUOT, ESTALE...) pass through unchanged, except
 // that one which can mean the node's filesystem itself went away (ESHUTDOWN from an evicted CephFS
 // client, EIO, ENOTCONN, ENODEV) first has the node's mount checked (mount-watch.ts): if it is
@@ -44,7 +47,8 @@ const MOUNT_SUSPECTS: ReadonlySet<number> = new Set([ESHUTDOWN, E.EIO, E.ENOTCON
 /** One storage node's slots and deadline, shared by every export view on that node. */
 export class NodeGuard {
   private running = 0;
-  private readonly queue: Array<() => void> = [];
+  /** Calls waiting for a slot, per lane, lanes in turn (a Map keeps insertion order). */
+  private readonly lanes = new Map<object, Array<() => void>>();
   /** Calls past their deadline that have not returned yet. */
   stuck = 0;
   timeouts = 0;
@@ -70,7 +74,7 @@ export class NodeGuard {
    * Runs `op` within the node's bound. `undo` disposes of a result that arrives after the caller
    * was told ETIMEDOUT.
    */
-  run<T>(what: string, op: () => Promise<T>, slow = 1, undo?: (value: T) => void): Promise<T> {
+  run<T>(what: string, op: () => Promise<T>, slow = 1, undo?: (value: T) => void, lane: object = this): Promise<T> {
     const deadlineMs = this.options.timeoutMs * slow;
     return new Promise<T>((resolve, reject) => {
       let settled = false;
@@ -79,7 +83,7 @@ export class NodeGuard {
         settled = true;
         this.timeouts++;
         if (started) this.stuck++;
-        else this.queue.splice(this.queue.indexOf(start), 1);
+        else this.dequeue(lane, start);
         reject(new FsError(E.ETIMEDOUT, `${what} on storage node ${this.node} did not complete within ${formatDuration(deadlineMs)}${started ? '' : ` (waiting behind ${this.running} calls that have not returned)`}; the storage is not answering: check its mount on the host`));
       }, deadlineMs);
       const start = (): void => {
@@ -117,12 +121,34 @@ export class NodeGuard {
           },
         ).finally(() => {
           this.running--;
-          this.queue.shift()?.();
+          this.nextWaiting()?.();
         });
       };
       if (this.running < this.options.maxCalls) start();
-      else this.queue.push(start);
+      else {
+        const waiting = this.lanes.get(lane);
+        if (waiting) waiting.push(start);
+        else this.lanes.set(lane, [start]);
+      }
     });
+  }
+
+  /** The next waiting call: the first lane's oldest; that lane then goes to the back of the line. */
+  private nextWaiting(): (() => void) | undefined {
+    for (const [lane, waiting] of this.lanes) {
+      const next = waiting.shift();
+      this.lanes.delete(lane);
+      if (waiting.length) this.lanes.set(lane, waiting);
+      if (next) return next;
+    }
+    return undefined;
+  }
+
+  private dequeue(lane: object, start: () => void): void {
+    const waiting = this.lanes.get(lane);
+    const i = waiting?.indexOf(start) ?? -1;
+    if (i >= 0) waiting!.splice(i, 1);
+    if (waiting && !waiting.length) this.lanes.delete(lane);
   }
 }
 
@@ -152,7 +178,8 @@ export class GuardedFs implements FileSystem {
   constructor(private readonly inner: FileSystem, private readonly guard: NodeGuard) {}
 
   private g<T>(what: string, op: () => Promise<T>, slow = 1, undo?: (v: T) => void): Promise<T> {
-    return this.guard.run(what, op, slow, undo).catch(async (err: unknown) => {
+    // Each view (one guest's connection to this export) is a lane of its own.
+    return this.guard.run(what, op, slow, undo, this).catch(async (err: unknown) => {
       throw await this.guard.explain(err);
     });
   }
