@@ -1,0 +1,199 @@
+// The differential run: the same random operations on the directory under test (a dirvisor mount)
+// and on a reference directory (a local file system); every outcome must match, and after every
+// step so must the state. Stops at the first difference with what is needed to repeat it: the
+// seed, the step, the last operations and what differed.
+import fs from 'node:fs/promises';
+import { Prng } from '../fuzz/prng.js';
+import { diffContents, diffTrees, filesOf, pathsOfInode, readTree, contentDifference, type Tree } from './compare.js';
+import { OpGenerator } from './generator.js';
+import { describe, outcomeText, pathsOf, slotOf, type Op, type OpKind } from './ops.js';
+import { FsTarget } from './target.js';
+
+export interface DifferentialOptions {
+  seed: number;
+  ops: number;
+  /** The local reference directory (empty at the start). */
+  reference: string;
+  /** The directory under test, as applications see it (empty at the start). */
+  subject: string;
+  /** The directory the host serves `subject` from: equal to the reference once all is closed. */
+  backing?: string;
+  /** Compare `backing` at every checkpoint too (right only when writes are not cached in the guest). */
+  backingAtCheckpoints?: boolean;
+  /** Every this many steps, all file contents are compared (between: the files a step touched). */
+  checkpointEvery?: number;
+  /** Operations shown in a failure report. */
+  historyLength?: number;
+  progress?: (p: Progress) => void;
+  progressEveryMs?: number;
+  /** For the test of the test: runs after each step's operation, before the comparison. */
+  afterOp?: (step: number) => Promise<void>;
+}
+
+export interface Progress {
+  step: number;
+  total: number;
+  elapsedMs: number;
+  opsPerSecond: number;
+}
+
+export interface Failure {
+  seed: number;
+  step: number;
+  op: string;
+  problems: string[];
+  history: string[];
+}
+
+export interface DifferentialResult {
+  seed: number;
+  steps: number;
+  elapsedMs: number;
+  /** Per operation kind: how many succeeded, and the errno outcomes seen. */
+  counts: Map<OpKind, { ok: number; errors: Map<string, number> }>;
+  failure?: Failure;
+}
+
+const NAMES: [string, string] = ['reference', 'mount'];
+const BACKING_NAMES: [string, string] = ['reference', 'storage'];
+
+/** Raised inside the run with the differences of one step. */
+class Divergence extends Error {
+  constructor(readonly problems: string[]) {
+    super(problems.join('\n'));
+  }
+}
+
+export async function runDifferential(o: DifferentialOptions): Promise<DifferentialResult> {
+  const ref = new FsTarget(o.reference);
+  const sub = new FsTarget(o.subject);
+  const sides: [FsTarget, FsTarget] = [ref, sub];
+  const gen = new OpGenerator(new Prng(o.seed));
+  const checkpointEvery = o.checkpointEvery ?? 50;
+  const historyLength = o.historyLength ?? 20;
+  const history: string[] = [];
+  const counts: DifferentialResult['counts'] = new Map();
+  const started = Date.now();
+  let lastProgress = started;
+  let step = 0;
+  let current = '(start)';
+
+  const result = (failure?: Failure): DifferentialResult => ({ seed: o.seed, steps: step, elapsedMs: Date.now() - started, counts, failure });
+  try {
+    let trees = await readTrees(sides);
+    check(diffTrees(trees[0], trees[1], NAMES), 'the directories differ before the first operation');
+    for (step = 1; step <= o.ops; step++) {
+      const op = gen.next(trees[0]);
+      current = describe(op);
+      const [a, b] = await Promise.all([ref.apply(op), sub.apply(op)]);
+      const [ta, tb] = [outcomeText(a), outcomeText(b)];
+      history.push(`${step}: ${current} -> ${ta}${ta === tb ? '' : `  (mount: ${tb})`}`);
+      if (history.length > historyLength) history.shift();
+      count(counts, op.kind, ta);
+      check(ta === tb ? [] : [`outcome: reference=${ta} mount=${tb}`]);
+      gen.observe(op, a);
+      await o.afterOp?.(step);
+      trees = await readTrees(sides);
+      check(diffTrees(trees[0], trees[1], NAMES));
+      const checkpoint = step % checkpointEvery === 0;
+      const touched = checkpoint ? [...filesOf(trees[0]), ...filesOf(trees[1])] : await touchedPaths(op, sides, trees);
+      check(await diffContents([ref.root, sub.root], trees, touched, NAMES));
+      check(await compareOpenFile(op, sides));
+      if (checkpoint && o.backing && o.backingAtCheckpoints) check(await compareBacking(o.reference, trees[0], o.backing));
+      if (o.progress && Date.now() - lastProgress >= (o.progressEveryMs ?? 5000)) {
+        lastProgress = Date.now();
+        const elapsedMs = lastProgress - started;
+        o.progress({ step, total: o.ops, elapsedMs, opsPerSecond: (step * 1000) / elapsedMs });
+      }
+    }
+    step = o.ops;
+    current = '(the end: closing every descriptor)';
+    const [ca, cb] = await Promise.all([ref.closeAll(), sub.closeAll()]);
+    check(ca.join() === cb.join() ? [] : [`close: reference=${ca.join(', ')} mount=${cb.join(', ')}`]);
+    current = '(the end: everything closed)';
+    trees = await readTrees(sides);
+    check(diffTrees(trees[0], trees[1], NAMES));
+    check(await diffContents([ref.root, sub.root], trees, [...filesOf(trees[0]), ...filesOf(trees[1])], NAMES));
+    if (o.backing) check(await compareBacking(o.reference, trees[0], o.backing), 'the storage directory differs from the reference');
+    return result();
+  } catch (err) {
+    const problems = err instanceof Divergence ? err.problems : [`error: ${(err as Error)?.stack ?? String(err)}`];
+    // Leave nothing open on the mount (it is about to be unmounted); outcomes no longer matter.
+    await Promise.all(sides.map((s) => s.closeAll().catch(() => [])));
+    return result({ seed: o.seed, step, op: current, problems, history: [...history] });
+  }
+}
+
+function check(problems: string[], headline?: string): void {
+  if (problems.length > 0) throw new Divergence(headline ? [headline, ...problems] : problems);
+}
+
+function count(counts: DifferentialResult['counts'], kind: OpKind, outcome: string): void {
+  let c = counts.get(kind);
+  if (!c) counts.set(kind, (c = { ok: 0, errors: new Map() }));
+  if (outcome.startsWith('ok')) c.ok++;
+  else c.errors.set(outcome, (c.errors.get(outcome) ?? 0) + 1);
+}
+
+function readTrees(sides: [FsTarget, FsTarget]): Promise<[Tree, Tree]> {
+  return Promise.all([readTree(sides[0].root), readTree(sides[1].root)]);
+}
+
+/** Every name, on either side, of a file the operation may have changed (by path, or through its slot). */
+async function touchedPaths(op: Op, sides: [FsTarget, FsTarget], trees: [Tree, Tree]): Promise<string[]> {
+  const out = new Set(pathsOf(op));
+  const slot = slotOf(op);
+  for (let i = 0; i < 2; i++) {
+    const inodes: number[] = [];
+    for (const p of pathsOf(op)) {
+      // Following symlinks: a write through one changes its target.
+      const st = await fs.stat(sides[i].abs(p)).catch(() => undefined);
+      if (st) inodes.push(st.ino);
+    }
+    if (slot !== undefined) {
+      const st = await sides[i].slotStat(slot);
+      if (st) inodes.push(st.ino);
+    }
+    for (const ino of inodes) for (const p of pathsOfInode(trees[i], ino)) out.add(p);
+  }
+  return [...out];
+}
+
+/** A file reached only through a descriptor (unlinked while open): its link count and content. */
+async function compareOpenFile(op: Op, sides: [FsTarget, FsTarget]): Promise<string[]> {
+  const slot = slotOf(op);
+  if (slot === undefined) return [];
+  const [a, b] = await Promise.all(sides.map((s) => s.slotStat(slot)));
+  if (a?.nlink !== b?.nlink) return [`#${slot}: nlink reference=${a?.nlink} mount=${b?.nlink}`];
+  if (a?.nlink !== 0) return [];
+  const [ca, cb] = await Promise.all(sides.map((s) => s.slotContent(slot)));
+  const d = ca && cb && contentDifference(ca, cb, NAMES);
+  return d ? [`#${slot} (unlinked): ${d}`] : [];
+}
+
+/** The host's storage directory against the reference: what is really stored, bypassing every cache. */
+async function compareBacking(reference: string, refTree: Tree, backing: string): Promise<string[]> {
+  const tree = await readTree(backing);
+  const problems = diffTrees(refTree, tree, BACKING_NAMES);
+  problems.push(...(await diffContents([reference, backing], [refTree, tree], filesOf(refTree), BACKING_NAMES)));
+  return problems.map((p) => `storage: ${p}`);
+}
+
+/** A failure as a report: enough to understand it, and to repeat it. */
+export function formatFailure(f: Failure, rerun?: string): string {
+  return [
+    `differential run FAILED: seed ${f.seed}, step ${f.step}: ${f.op}`,
+    ...f.problems.map((p) => `  ${p}`),
+    `last ${f.history.length} operations (-> the reference's outcome):`,
+    ...f.history.map((h) => `  ${h}`),
+    ...(rerun ? [`repeat with: ${rerun}`] : []),
+  ].join('\n');
+}
+
+/** Which operations ran and how they ended, e.g. "rename 120 ok, ENOENT 30, EXDEV 2". */
+export function formatCounts(counts: DifferentialResult['counts']): string {
+  return [...counts]
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([kind, c]) => `${kind} ${c.ok} ok${[...c.errors].sort((x, y) => y[1] - x[1]).map(([e, n]) => `, ${e} ${n}`).join('')}`)
+    .join('; ');
+}

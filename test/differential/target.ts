@@ -1,0 +1,175 @@
+// One side of the differential test: a directory (the FUSE mount, or the local reference) that
+// operations are applied to, with its own table of open file descriptors ("slots"). Everything
+// here is asynchronous: the mount is served by another process, but a blocked synchronous call
+// would still stall the whole test.
+import crypto from 'node:crypto';
+import fs, { type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { SLOTS, payload, type Op, type Outcome } from './ops.js';
+import { runHelper, type HelperResult } from './native-helper.js';
+
+export const sha1 = (data: Uint8Array): string => crypto.createHash('sha1').update(data).digest('hex').slice(0, 16);
+
+/** Errors an application can get are outcomes; anything else is a failure of the test itself. */
+function errnoCode(err: unknown): string {
+  const code = (err as { code?: unknown })?.code;
+  if (typeof code === 'string' && /^E[A-Z0-9]+$/.test(code)) return code;
+  throw err;
+}
+
+function helperValue(r: HelperResult): string | undefined {
+  if (!r.ok) throw Object.assign(new Error(r.errno), { code: r.errno });
+  return r.values.length ? r.values.join(' ') : undefined;
+}
+
+function typeOf(st: { isFile(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean }): string {
+  return st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'other';
+}
+
+interface Slot {
+  fh: FileHandle;
+  /** The path it was opened by (a reopen uses it again, whatever happened to the file since). */
+  path: string;
+}
+
+export class FsTarget {
+  private readonly slots: Array<Slot | undefined> = new Array<Slot | undefined>(SLOTS).fill(undefined);
+
+  constructor(readonly root: string) {}
+
+  /** `rel` under the root. Generated paths never hold "..", so this stays inside. */
+  abs(rel: string): string {
+    return path.join(this.root, rel);
+  }
+
+  async apply(op: Op): Promise<Outcome> {
+    try {
+      const value = await this.exec(op);
+      return value === undefined ? { ok: true } : { ok: true, value };
+    } catch (err) {
+      return { ok: false, errno: errnoCode(err) };
+    }
+  }
+
+  /** The inode and link count of a slot's file; undefined for an empty slot. */
+  async slotStat(slot: number): Promise<{ ino: number; nlink: number } | undefined> {
+    const s = this.slots[slot];
+    if (!s) return undefined;
+    const st = await s.fh.stat();
+    return { ino: st.ino, nlink: st.nlink };
+  }
+
+  /** The whole content of a slot's file read through its descriptor; undefined if not readable. */
+  async slotContent(slot: number): Promise<Buffer | undefined> {
+    const s = this.slots[slot];
+    if (!s) return undefined;
+    try {
+      const { size } = await s.fh.stat();
+      const buf = Buffer.alloc(size);
+      let done = 0;
+      while (done < size) {
+        const { bytesRead } = await s.fh.read(buf, done, size - done, done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return buf.subarray(0, done);
+    } catch (err) {
+      if (errnoCode(err) === 'EBADF') return undefined; // opened write-only
+      throw err;
+    }
+  }
+
+  /** Closes every slot; the outcome of each close that was needed, in slot order. */
+  async closeAll(): Promise<string[]> {
+    const results: string[] = [];
+    for (let slot = 0; slot < SLOTS; slot++) {
+      if (!this.slots[slot]) continue;
+      const o = await this.apply({ kind: 'close', slot });
+      results.push(`#${slot} ${o.ok ? 'ok' : o.errno}`);
+    }
+    return results;
+  }
+
+  private slot(n: number): Slot {
+    const s = this.slots[n];
+    if (!s) throw Object.assign(new Error('empty slot'), { code: 'EBADF' });
+    return s;
+  }
+
+  private async close(n: number): Promise<void> {
+    const s = this.slots[n];
+    this.slots[n] = undefined; // gone even if close reports an error, as with close(2)
+    await s?.fh.close();
+  }
+
+  private async open(n: number, rel: string, flags: number, mode: number): Promise<void> {
+    await this.close(n);
+    this.slots[n] = { fh: await fs.open(this.abs(rel), flags, mode), path: rel };
+  }
+
+  private async exec(op: Op): Promise<string | void> {
+    switch (op.kind) {
+      case 'open':
+        return this.open(op.slot, op.path, op.flags, op.mode);
+      case 'reopen':
+        return this.open(op.slot, this.slot(op.slot).path, op.flags, 0o644);
+      case 'close':
+        this.slot(op.slot);
+        return this.close(op.slot);
+      case 'pwrite': {
+        const { bytesWritten } = await this.slot(op.slot).fh.write(payload(op.seed, op.length), 0, op.length, op.offset);
+        return String(bytesWritten);
+      }
+      case 'write': {
+        const { bytesWritten } = await this.slot(op.slot).fh.write(payload(op.seed, op.length), 0, op.length, null);
+        return String(bytesWritten);
+      }
+      case 'pread': {
+        const buf = Buffer.alloc(op.length);
+        const { bytesRead } = await this.slot(op.slot).fh.read(buf, 0, op.length, op.offset);
+        return `${bytesRead} ${sha1(buf.subarray(0, bytesRead))}`;
+      }
+      case 'ftruncate':
+        return this.slot(op.slot).fh.truncate(op.size);
+      case 'fsync':
+        return op.dataOnly ? this.slot(op.slot).fh.datasync() : this.slot(op.slot).fh.sync();
+      case 'fstat': {
+        const st = await this.slot(op.slot).fh.stat();
+        // Directory sizes are the file system's business; a file's is the application's.
+        const size = st.isFile() ? ` size=${st.size}` : '';
+        return `${typeOf(st)} mode=${(st.mode & 0o7777).toString(8)} nlink=${st.nlink}${size}`;
+      }
+      case 'writeFile':
+        return fs.writeFile(this.abs(op.path), payload(op.seed, op.length));
+      case 'truncate':
+        return helperValue(await runHelper(['truncate', this.abs(op.path), String(op.size)]));
+      case 'mmapWrite':
+        return helperValue(await runHelper(['mmap-write', this.abs(op.path), String(op.ppm), String(op.length)], payload(op.seed, op.length)));
+      case 'fallocate':
+        return helperValue(await runHelper(['fallocate', this.abs(op.path), String(op.mode), String(op.offset), String(op.length)]));
+      case 'copyFile':
+        return fs.copyFile(this.abs(op.from), this.abs(op.to));
+      case 'rename':
+        if (op.flags) return helperValue(await runHelper(['rename2', this.abs(op.from), this.abs(op.to), String(op.flags)]));
+        return fs.rename(this.abs(op.from), this.abs(op.to));
+      case 'link':
+        return fs.link(this.abs(op.from), this.abs(op.to));
+      case 'symlink':
+        return fs.symlink(op.target, this.abs(op.path));
+      case 'unlink':
+        return fs.unlink(this.abs(op.path));
+      case 'mkdir':
+        return void (await fs.mkdir(this.abs(op.path), { mode: op.mode }));
+      case 'rmdir':
+        return fs.rmdir(this.abs(op.path));
+      case 'chmod':
+        return fs.chmod(this.abs(op.path), op.mode);
+      case 'utimes': {
+        await fs.utimes(this.abs(op.path), op.atimeSec, op.mtimeSec);
+        // What the application reads back at once (later, caches may keep their own mtime).
+        const st = await fs.stat(this.abs(op.path));
+        return `mtime=${Math.floor(st.mtimeMs / 1000)}`;
+      }
+    }
+  }
+}
