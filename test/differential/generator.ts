@@ -7,8 +7,8 @@ import { constants as fsc } from 'node:fs';
 import { Prng } from '../fuzz/prng.js';
 import type { Tree, EntryState } from './compare.js';
 import {
-  FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, RENAME_EXCHANGE, RENAME_NOREPLACE, SLOTS,
-  type Op, type OpKind, type Outcome,
+  FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, RENAME_EXCHANGE, RENAME_NOREPLACE, SEEK_DATA, SEEK_HOLE,
+  SLOTS, XATTR_CREATE, XATTR_REPLACE, type Op, type OpKind, type Outcome,
 } from './ops.js';
 
 const FILE_NAMES = ['f0', 'f1', 'f2', 'f3', 'f4', 'f5'];
@@ -21,6 +21,7 @@ const SYMLINK_TARGETS = ['f0', 'f1', 'f2', 'a/f0', 'b/f1', 'c/f3', 'a', 'missing
 const FILE_MODES = [0o644, 0o600, 0o666, 0o755, 0o444, 0o400, 0o000, 0o4755, 0o2755, 0o1644];
 const DIR_MODES = [0o755, 0o700, 0o777, 0o2775, 0o1777, 0o555];
 const FALLOC_MODES = [0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE];
+const XATTR_NAMES = ['user.a', 'user.b', 'user.a-longer-name.for-the-differential-test'];
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const PAGE = 4096;
@@ -28,21 +29,28 @@ const PAGE = 4096;
 /** How often each operation is chosen, relative to the others. */
 export const WEIGHTS: Readonly<Record<OpKind, number>> = {
   open: 12, reopen: 3, close: 3, pwrite: 16, write: 4, pread: 8, ftruncate: 4, fsync: 3, fstat: 3,
-  writeFile: 3, truncate: 4, mmapWrite: 4, fallocate: 2, copyFile: 2,
+  writeFile: 3, truncate: 4, mmapWrite: 4, fallocate: 2, directWrite: 2, directRead: 2, seek: 3, copyFile: 2,
+  setxattr: 3, getxattr: 1, removexattr: 1,
   rename: 7, link: 4, symlink: 3, unlink: 6, mkdir: 3, rmdir: 3, chmod: 3, utimes: 2,
 };
 
 export class OpGenerator {
   private readonly open = new Array<boolean>(SLOTS).fill(false);
   private tree: Tree = new Map();
+  private readonly weights: Readonly<Record<OpKind, number>>;
 
-  constructor(private readonly rng: Prng) {}
+  /** `skip`: operations never to generate (say, what a mount mode cannot do at all). */
+  constructor(private readonly rng: Prng, skip: readonly OpKind[] = []) {
+    const w = { ...WEIGHTS };
+    for (const k of skip) w[k] = 0;
+    this.weights = w;
+  }
 
   /** The next operation, given the reference's tree as it is now. */
   next(tree: Tree): Op {
     this.tree = tree;
     const r = this.rng;
-    const kind = r.weighted(WEIGHTS);
+    const kind = r.weighted(this.weights);
     switch (kind) {
       case 'open':
         return { kind, slot: this.freeSlot(), path: r.chance(0.05) ? this.existing(isDir, DIR_NAMES) : this.filePath(), flags: this.openFlags(), mode: r.pick(FILE_MODES) };
@@ -69,6 +77,20 @@ export class OpGenerator {
         return { kind, path: this.filePath(), ppm: r.int(1_000_000), length: Math.min(this.length(), 256 * KiB), seed: r.u32() };
       case 'fallocate':
         return { kind, path: this.filePath(), mode: r.pick(FALLOC_MODES), offset: this.offset(), length: r.chance(0.02) ? 0 : this.length() };
+      case 'directWrite':
+        return { kind, path: this.filePath(), offset: r.int(256) * PAGE, length: r.range(1, 32) * PAGE, seed: r.u32() };
+      case 'directRead':
+        return { kind, path: this.filePath(), offset: r.int(256) * PAGE, length: r.range(1, 32) * PAGE };
+      case 'seek':
+        return { kind, path: this.filePath(), whence: r.chance(0.5) ? SEEK_DATA : SEEK_HOLE, offset: this.offset() };
+      case 'setxattr': {
+        const length = r.chance(0.9) ? r.int(65) : r.int(1001);
+        const flags = r.pick([0, 0, XATTR_CREATE, XATTR_REPLACE]);
+        return { kind, path: this.existing(() => true, ALL_NAMES), name: r.pick(XATTR_NAMES), flags, length, seed: r.u32() };
+      }
+      case 'getxattr':
+      case 'removexattr':
+        return { kind, path: this.existing(() => true, ALL_NAMES), name: r.pick(XATTR_NAMES) };
       case 'copyFile':
         return { kind, from: this.filePath(), to: this.filePath(0.5) };
       case 'rename': {

@@ -20,6 +20,12 @@ export type Op =
   | { kind: 'truncate'; path: string; size: number }
   | { kind: 'mmapWrite'; path: string; ppm: number; length: number; seed: number }
   | { kind: 'fallocate'; path: string; mode: number; offset: number; length: number }
+  | { kind: 'directWrite'; path: string; offset: number; length: number; seed: number } // O_DIRECT, 4 KiB aligned
+  | { kind: 'directRead'; path: string; offset: number; length: number }
+  | { kind: 'seek'; path: string; whence: number; offset: number } // SEEK_DATA / SEEK_HOLE
+  | { kind: 'setxattr'; path: string; name: string; flags: number; length: number; seed: number }
+  | { kind: 'getxattr'; path: string; name: string }
+  | { kind: 'removexattr'; path: string; name: string }
   | { kind: 'copyFile'; from: string; to: string }
   | { kind: 'rename'; from: string; to: string; flags: number } // renameat2 flags
   | { kind: 'link'; from: string; to: string }
@@ -37,6 +43,11 @@ export type Outcome = { ok: true; value?: string } | { ok: false; errno: string 
 
 export const RENAME_NOREPLACE = 1;
 export const RENAME_EXCHANGE = 2;
+
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+export const XATTR_CREATE = 1;
+export const XATTR_REPLACE = 2;
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
@@ -101,6 +112,19 @@ export function describe(op: Op): string {
       return `mmapWrite ${op.path} at=${op.ppm}ppm length=${op.length} seed=${op.seed}`;
     case 'fallocate':
       return `fallocate ${op.path} mode=0x${op.mode.toString(16)} offset=${op.offset} length=${op.length}`;
+    case 'directWrite':
+      return `directWrite ${op.path} offset=${op.offset} length=${op.length} seed=${op.seed}`;
+    case 'directRead':
+      return `directRead ${op.path} offset=${op.offset} length=${op.length}`;
+    case 'seek':
+      return `seek ${op.path} ${op.whence === SEEK_DATA ? 'SEEK_DATA' : op.whence === SEEK_HOLE ? 'SEEK_HOLE' : `whence=${op.whence}`} ${op.offset}`;
+    case 'setxattr': {
+      const flags = op.flags === XATTR_CREATE ? ' CREATE' : op.flags === XATTR_REPLACE ? ' REPLACE' : '';
+      return `setxattr ${op.path} ${op.name}${flags} length=${op.length} seed=${op.seed}`;
+    }
+    case 'getxattr':
+    case 'removexattr':
+      return `${op.kind} ${op.path} ${op.name}`;
     case 'copyFile':
     case 'link':
       return `${op.kind} ${op.from} ${op.to}`;
@@ -132,6 +156,12 @@ export function pathsOf(op: Op): string[] {
     case 'truncate':
     case 'mmapWrite':
     case 'fallocate':
+    case 'directWrite':
+    case 'directRead':
+    case 'seek':
+    case 'setxattr':
+    case 'getxattr':
+    case 'removexattr':
     case 'symlink':
     case 'unlink':
     case 'mkdir':

@@ -4,7 +4,10 @@
 //   --seed N       PRNG seed, decimal or 0x hex (default: from the clock; printed, to repeat a run)
 //   --ops N        operations (default 100,000)
 //   --options W    -o words of the guest mount, e.g. "writeback" (default: none, the defaults)
-// The same from the environment: DIRVISOR_DIFF_SEED, DIRVISOR_DIFF_OPS, DIRVISOR_DIFF_OPTIONS.
+//   --skip K,K     operation kinds to leave out, e.g. "mmapWrite" for cache=none, where FUSE
+//                  refuses shared mappings (direct I/O)
+// The same from the environment: DIRVISOR_DIFF_SEED, DIRVISOR_DIFF_OPS, DIRVISOR_DIFF_OPTIONS,
+// DIRVISOR_DIFF_SKIP.
 // A failure's report and the agents' logs are kept in /tmp/dirvisor-differential-SEED/.
 // Exit status 0: no difference; 1: a difference (reported); 2: the run itself broke.
 import fs from 'node:fs/promises';
@@ -14,6 +17,8 @@ import { parseArgs } from 'node:util';
 import { seedFrom } from '../fuzz/prng.js';
 import { runAgainstMount } from './mounted.js';
 import { formatCounts, formatFailure } from './runner.js';
+import { WEIGHTS } from './generator.js';
+import type { OpKind } from './ops.js';
 
 function count(text: string, what: string): number {
   const n = Number(text.replace(/_/g, ''));
@@ -23,7 +28,7 @@ function count(text: string, what: string): number {
 
 async function main(): Promise<number> {
   const { values } = parseArgs({
-    options: { seed: { type: 'string' }, ops: { type: 'string' }, options: { type: 'string' } },
+    options: { seed: { type: 'string' }, ops: { type: 'string' }, options: { type: 'string' }, skip: { type: 'string' } },
     strict: true,
   });
   const seedText = values.seed ?? process.env.DIRVISOR_DIFF_SEED;
@@ -31,11 +36,14 @@ async function main(): Promise<number> {
   const seed = seedFrom(seedText);
   const ops = count(values.ops ?? process.env.DIRVISOR_DIFF_OPS ?? '100000', '--ops');
   const mountOptions = values.options ?? process.env.DIRVISOR_DIFF_OPTIONS ?? '';
+  const skip = (values.skip ?? process.env.DIRVISOR_DIFF_SKIP ?? '').split(',').filter(Boolean) as OpKind[];
+  const unknown = skip.filter((k) => !(k in WEIGHTS));
+  if (unknown.length) throw new Error(`--skip: unknown operation(s) ${unknown.join(', ')}; known: ${Object.keys(WEIGHTS).join(', ')}`);
   const outDir = path.join(os.tmpdir(), `dirvisor-differential-${seed}`);
-  const label = `seed ${seed}, ${ops} ops, mount options "${mountOptions || '(defaults)'}"`;
+  const label = `seed ${seed}, ${ops} ops, mount options "${mountOptions || '(defaults)'}"${skip.length ? `, without ${skip.join(', ')}` : ''}`;
   console.log(`differential: ${label}`);
   const r = await runAgainstMount({
-    seed, ops, mountOptions, logsDir: outDir,
+    seed, ops, mountOptions, skip, logsDir: outDir,
     progress: (p) => console.log(`differential: ${p.step}/${p.total} ops, ${p.opsPerSecond.toFixed(0)} ops/s, ${(p.elapsedMs / 1000).toFixed(0)} s`),
   });
   const seconds = (r.elapsedMs / 1000).toFixed(1);
@@ -44,7 +52,7 @@ async function main(): Promise<number> {
     console.log(`differential: PASS: ${label}: ${r.steps} ops in ${seconds} s (${((r.steps * 1000) / r.elapsedMs).toFixed(0)} ops/s)`);
     return 0;
   }
-  const opt = mountOptions ? ` --options ${mountOptions}` : '';
+  const opt = `${mountOptions ? ` --options ${mountOptions}` : ''}${skip.length ? ` --skip ${skip.join(',')}` : ''}`;
   const report = formatFailure(r.failure, `npm run test:differential -- --seed ${seed} --ops ${r.failure.step}${opt}`);
   await fs.mkdir(outDir, { recursive: true });
   await fs.writeFile(path.join(outDir, 'report.txt'), `${report}\n`);

@@ -12,6 +12,8 @@ import { FsTarget } from './target.js';
 export interface DifferentialOptions {
   seed: number;
   ops: number;
+  /** Operations left out of the run. */
+  skip?: readonly OpKind[];
   /** The local reference directory (empty at the start). */
   reference: string;
   /** The directory under test, as applications see it (empty at the start). */
@@ -68,7 +70,7 @@ export async function runDifferential(o: DifferentialOptions): Promise<Different
   const ref = new FsTarget(o.reference);
   const sub = new FsTarget(o.subject);
   const sides: [FsTarget, FsTarget] = [ref, sub];
-  const gen = new OpGenerator(new Prng(o.seed));
+  const gen = new OpGenerator(new Prng(o.seed), o.skip);
   const checkpointEvery = o.checkpointEvery ?? 50;
   const historyLength = o.historyLength ?? 20;
   const history: string[] = [];
@@ -99,6 +101,8 @@ export async function runDifferential(o: DifferentialOptions): Promise<Different
       const touched = checkpoint ? [...filesOf(trees[0]), ...filesOf(trees[1])] : await touchedPaths(op, sides, trees);
       check(await diffContents([ref.root, sub.root], trees, touched, NAMES));
       check(await compareOpenFile(op, sides));
+      const xattrsChanged = op.kind === 'setxattr' || op.kind === 'removexattr';
+      if (checkpoint || xattrsChanged) check(await diffXattrs([ref, sub], checkpoint ? [...trees[0].keys()] : pathsOf(op), NAMES));
       if (checkpoint && o.backing && o.backingAtCheckpoints) check(await compareBacking(o.reference, trees[0], o.backing));
       if (o.progress && Date.now() - lastProgress >= (o.progressEveryMs ?? 5000)) {
         lastProgress = Date.now();
@@ -114,6 +118,7 @@ export async function runDifferential(o: DifferentialOptions): Promise<Different
     trees = await readTrees(sides);
     check(diffTrees(trees[0], trees[1], NAMES));
     check(await diffContents([ref.root, sub.root], trees, [...filesOf(trees[0]), ...filesOf(trees[1])], NAMES));
+    check(await diffXattrs([ref, sub], [...trees[0].keys()], NAMES));
     if (o.backing) check(await compareBacking(o.reference, trees[0], o.backing), 'the storage directory differs from the reference');
     return result();
   } catch (err) {
@@ -171,11 +176,18 @@ async function compareOpenFile(op: Op, sides: [FsTarget, FsTarget]): Promise<str
   return d ? [`#${slot} (unlinked): ${d}`] : [];
 }
 
+/** Extended attributes of `paths` (all present on both sides), one line per path that differs. */
+async function diffXattrs(sides: [FsTarget, FsTarget], paths: readonly string[], names: [string, string]): Promise<string[]> {
+  const [a, b] = await Promise.all(sides.map((s) => s.xattrs(paths)));
+  return paths.filter((p) => a.get(p) !== b.get(p)).map((p) => `${p}: xattrs ${names[0]}="${a.get(p)}" ${names[1]}="${b.get(p)}"`);
+}
+
 /** The host's storage directory against the reference: what is really stored, bypassing every cache. */
 async function compareBacking(reference: string, refTree: Tree, backing: string): Promise<string[]> {
   const tree = await readTree(backing);
   const problems = diffTrees(refTree, tree, BACKING_NAMES);
   problems.push(...(await diffContents([reference, backing], [refTree, tree], filesOf(refTree), BACKING_NAMES)));
+  if (problems.length === 0) problems.push(...(await diffXattrs([new FsTarget(reference), new FsTarget(backing)], [...refTree.keys()], BACKING_NAMES)));
   return problems.map((p) => `storage: ${p}`);
 }
 

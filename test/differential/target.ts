@@ -7,6 +7,7 @@ import fs, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { SLOTS, payload, type Op, type Outcome } from './ops.js';
 import { runHelper, type HelperResult } from './native-helper.js';
+import { errnoName } from '../../shared/fs/errors.js';
 
 export const sha1 = (data: Uint8Array): string => crypto.createHash('sha1').update(data).digest('hex').slice(0, 16);
 
@@ -79,6 +80,23 @@ export class FsTarget {
     }
   }
 
+  /** The extended attributes of each path (symlinks not followed), one line per path. */
+  async xattrs(paths: readonly string[]): Promise<Map<string, string>> {
+    const out = new Map<string, string>(paths.map((p) => [p, '']));
+    if (paths.length === 0) return out;
+    const r = await runHelper(['xattrs', ...paths.map((p) => this.abs(p))]);
+    if (!r.ok) throw new Error(`xattrs: ${r.errno}`);
+    for (const item of r.values) {
+      const colon = item.indexOf(':');
+      const p = paths[Number(item.slice(0, colon))];
+      const rest = item.slice(colon + 1);
+      // Errno numbers as names, like every other outcome.
+      const shown = rest.replace(/!(\d+)$/, (_, n: string) => `!${errnoName(Number(n))}`);
+      out.set(p, out.get(p) ? `${out.get(p)} ${shown}` : shown);
+    }
+    return out;
+  }
+
   /** Closes every slot; the outcome of each close that was needed, in slot order. */
   async closeAll(): Promise<string[]> {
     const results: string[] = [];
@@ -147,6 +165,18 @@ export class FsTarget {
         return helperValue(await runHelper(['mmap-write', this.abs(op.path), String(op.ppm), String(op.length)], payload(op.seed, op.length)));
       case 'fallocate':
         return helperValue(await runHelper(['fallocate', this.abs(op.path), String(op.mode), String(op.offset), String(op.length)]));
+      case 'directWrite':
+        return helperValue(await runHelper(['direct-write', this.abs(op.path), String(op.offset), String(op.length)], payload(op.seed, op.length)));
+      case 'directRead':
+        return helperValue(await runHelper(['direct-read', this.abs(op.path), String(op.offset), String(op.length)]));
+      case 'seek':
+        return helperValue(await runHelper(['seek', this.abs(op.path), String(op.whence), String(op.offset)]));
+      case 'setxattr':
+        return helperValue(await runHelper(['setxattr', this.abs(op.path), op.name, String(op.flags), String(op.length)], payload(op.seed, op.length)));
+      case 'getxattr':
+        return helperValue(await runHelper(['getxattr', this.abs(op.path), op.name]));
+      case 'removexattr':
+        return helperValue(await runHelper(['removexattr', this.abs(op.path), op.name]));
       case 'copyFile':
         return fs.copyFile(this.abs(op.from), this.abs(op.to));
       case 'rename':
