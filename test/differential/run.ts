@@ -6,8 +6,11 @@
 //   --options W    -o words of the guest mount, e.g. "writeback" (default: none, the defaults)
 //   --skip K,K     operation kinds to leave out, e.g. "mmapWrite" for cache=none, where FUSE
 //                  refuses shared mappings (direct I/O)
+//   --restart-every N   SIGKILL the host agent and start it again every N operations (default:
+//                  never); descriptors of unlinked files are closed first (README: a restart
+//                  cannot bring those back)
 // The same from the environment: DIRVISOR_DIFF_SEED, DIRVISOR_DIFF_OPS, DIRVISOR_DIFF_OPTIONS,
-// DIRVISOR_DIFF_SKIP.
+// DIRVISOR_DIFF_SKIP, DIRVISOR_DIFF_RESTART_EVERY.
 // A failure's report and the agents' logs are kept in /tmp/dirvisor-differential-SEED/.
 // Exit status 0: no difference; 1: a difference (reported); 2: the run itself broke.
 import fs from 'node:fs/promises';
@@ -28,7 +31,7 @@ function count(text: string, what: string): number {
 
 async function main(): Promise<number> {
   const { values } = parseArgs({
-    options: { seed: { type: 'string' }, ops: { type: 'string' }, options: { type: 'string' }, skip: { type: 'string' } },
+    options: { seed: { type: 'string' }, ops: { type: 'string' }, options: { type: 'string' }, skip: { type: 'string' }, 'restart-every': { type: 'string' } },
     strict: true,
   });
   const seedText = values.seed ?? process.env.DIRVISOR_DIFF_SEED;
@@ -39,11 +42,13 @@ async function main(): Promise<number> {
   const skip = (values.skip ?? process.env.DIRVISOR_DIFF_SKIP ?? '').split(',').filter(Boolean) as OpKind[];
   const unknown = skip.filter((k) => !(k in WEIGHTS));
   if (unknown.length) throw new Error(`--skip: unknown operation(s) ${unknown.join(', ')}; known: ${Object.keys(WEIGHTS).join(', ')}`);
+  const restartText = values['restart-every'] ?? process.env.DIRVISOR_DIFF_RESTART_EVERY;
+  const restartEvery = restartText ? count(restartText, '--restart-every') : 0;
   const outDir = path.join(os.tmpdir(), `dirvisor-differential-${seed}`);
-  const label = `seed ${seed}, ${ops} ops, mount options "${mountOptions || '(defaults)'}"${skip.length ? `, without ${skip.join(', ')}` : ''}`;
+  const label = `seed ${seed}, ${ops} ops, mount options "${mountOptions || '(defaults)'}"${skip.length ? `, without ${skip.join(', ')}` : ''}${restartEvery ? `, host restarted every ${restartEvery} ops` : ''}`;
   console.log(`differential: ${label}`);
   const r = await runAgainstMount({
-    seed, ops, mountOptions, skip, logsDir: outDir,
+    seed, ops, mountOptions, skip, logsDir: outDir, interruptEvery: restartEvery,
     progress: (p) => console.log(`differential: ${p.step}/${p.total} ops, ${p.opsPerSecond.toFixed(0)} ops/s, ${(p.elapsedMs / 1000).toFixed(0)} s`),
   });
   const seconds = (r.elapsedMs / 1000).toFixed(1);
@@ -52,7 +57,7 @@ async function main(): Promise<number> {
     console.log(`differential: PASS: ${label}: ${r.steps} ops in ${seconds} s (${((r.steps * 1000) / r.elapsedMs).toFixed(0)} ops/s)`);
     return 0;
   }
-  const opt = `${mountOptions ? ` --options ${mountOptions}` : ''}${skip.length ? ` --skip ${skip.join(',')}` : ''}`;
+  const opt = `${mountOptions ? ` --options ${mountOptions}` : ''}${skip.length ? ` --skip ${skip.join(',')}` : ''}${restartEvery ? ` --restart-every ${restartEvery}` : ''}`;
   const report = formatFailure(r.failure, `npm run test:differential -- --seed ${seed} --ops ${r.failure.step}${opt}`);
   await fs.mkdir(outDir, { recursive: true });
   await fs.writeFile(path.join(outDir, 'report.txt'), `${report}\n`);

@@ -6,7 +6,7 @@ import fs from 'node:fs/promises';
 import { Prng } from '../fuzz/prng.js';
 import { diffContents, diffTrees, filesOf, pathsOfInode, readTree, contentDifference, type Tree } from './compare.js';
 import { OpGenerator } from './generator.js';
-import { describe, outcomeText, pathsOf, slotOf, type Op, type OpKind } from './ops.js';
+import { SLOTS, describe, outcomeText, pathsOf, slotOf, type Op, type OpKind } from './ops.js';
 import { FsTarget } from './target.js';
 
 export interface DifferentialOptions {
@@ -30,6 +30,10 @@ export interface DifferentialOptions {
   progressEveryMs?: number;
   /** For the test of the test: runs after each step's operation, before the comparison. */
   afterOp?: (step: number) => Promise<void>;
+  /** Every this many steps (0: never), `interrupt` runs between two steps: a host agent restart. */
+  interruptEvery?: number;
+  /** Returns what it did, for the history. */
+  interrupt?: (step: number) => Promise<string>;
 }
 
 export interface Progress {
@@ -67,13 +71,19 @@ class Divergence extends Error {
 }
 
 export async function runDifferential(o: DifferentialOptions): Promise<DifferentialResult> {
-  const ref = new FsTarget(o.reference);
-  const sub = new FsTarget(o.subject);
+  // Every helper process first, while nothing is open on the mount.
+  const ref = await FsTarget.start(o.reference);
+  const sub = await FsTarget.start(o.subject);
+  const backing = o.backing !== undefined ? await FsTarget.start(o.backing) : undefined;
   const sides: [FsTarget, FsTarget] = [ref, sub];
   const gen = new OpGenerator(new Prng(o.seed), o.skip);
   const checkpointEvery = o.checkpointEvery ?? 50;
   const historyLength = o.historyLength ?? 20;
   const history: string[] = [];
+  const remember = (line: string): void => {
+    history.push(line);
+    if (history.length > historyLength) history.shift();
+  };
   const counts: DifferentialResult['counts'] = new Map();
   const started = Date.now();
   let lastProgress = started;
@@ -89,8 +99,7 @@ export async function runDifferential(o: DifferentialOptions): Promise<Different
       current = describe(op);
       const [a, b] = await Promise.all([ref.apply(op), sub.apply(op)]);
       const [ta, tb] = [outcomeText(a), outcomeText(b)];
-      history.push(`${step}: ${current} -> ${ta}${ta === tb ? '' : `  (mount: ${tb})`}`);
-      if (history.length > historyLength) history.shift();
+      remember(`${step}: ${current} -> ${ta}${ta === tb ? '' : `  (mount: ${tb})`}`);
       count(counts, op.kind, ta);
       check(ta === tb ? [] : [`outcome: reference=${ta} mount=${tb}`]);
       gen.observe(op, a);
@@ -103,7 +112,11 @@ export async function runDifferential(o: DifferentialOptions): Promise<Different
       check(await compareOpenFile(op, sides));
       const xattrsChanged = op.kind === 'setxattr' || op.kind === 'removexattr';
       if (checkpoint || xattrsChanged) check(await diffXattrs([ref, sub], checkpoint ? [...trees[0].keys()] : pathsOf(op), NAMES));
-      if (checkpoint && o.backing && o.backingAtCheckpoints) check(await compareBacking(o.reference, trees[0], o.backing));
+      if (checkpoint && backing && o.backingAtCheckpoints) check(await compareBacking(ref, trees[0], backing));
+      if (o.interrupt && o.interruptEvery && step % o.interruptEvery === 0 && step < o.ops) {
+        check(await closeUnlinked(sides, (line) => remember(`${step}: ${line}`)));
+        remember(`${step}: -- ${await o.interrupt(step)}`);
+      }
       if (o.progress && Date.now() - lastProgress >= (o.progressEveryMs ?? 5000)) {
         lastProgress = Date.now();
         const elapsedMs = lastProgress - started;
@@ -119,13 +132,15 @@ export async function runDifferential(o: DifferentialOptions): Promise<Different
     check(diffTrees(trees[0], trees[1], NAMES));
     check(await diffContents([ref.root, sub.root], trees, [...filesOf(trees[0]), ...filesOf(trees[1])], NAMES));
     check(await diffXattrs([ref, sub], [...trees[0].keys()], NAMES));
-    if (o.backing) check(await compareBacking(o.reference, trees[0], o.backing), 'the storage directory differs from the reference');
+    if (backing) check(await compareBacking(ref, trees[0], backing), 'the storage directory differs from the reference');
     return result();
   } catch (err) {
     const problems = err instanceof Divergence ? err.problems : [`error: ${(err as Error)?.stack ?? String(err)}`];
     // Leave nothing open on the mount (it is about to be unmounted); outcomes no longer matter.
     await Promise.all(sides.map((s) => s.closeAll().catch(() => [])));
     return result({ seed: o.seed, step, op: current, problems, history: [...history] });
+  } finally {
+    await Promise.all([ref, sub, backing].map((s) => s?.stop()));
   }
 }
 
@@ -157,20 +172,36 @@ async function touchedPaths(op: Op, sides: [FsTarget, FsTarget], trees: [Tree, T
     }
     if (slot !== undefined) {
       const st = await sides[i].slotStat(slot);
-      if (st) inodes.push(st.ino);
+      if (st && 'ino' in st) inodes.push(st.ino); // an fstat error is compareOpenFile's to report
     }
     for (const ino of inodes) for (const p of pathsOfInode(trees[i], ino)) out.add(p);
   }
   return [...out];
 }
 
-/** A file reached only through a descriptor (unlinked while open): its link count and content. */
+/**
+ * Closes the descriptors of files that have no name left, on both sides: README's "Failure
+ * behaviour" lists them as what a host agent restart cannot bring back (ESTALE).
+ */
+async function closeUnlinked(sides: [FsTarget, FsTarget], remember: (line: string) => void): Promise<string[]> {
+  for (let slot = 0; slot < SLOTS; slot++) {
+    const st = await sides[0].slotStat(slot);
+    if (!st || !('nlink' in st) || st.nlink !== 0) continue;
+    const [a, b] = (await Promise.all(sides.map((s) => s.apply({ kind: 'close', slot })))).map(outcomeText);
+    remember(`close #${slot} (unlinked, before the restart) -> ${a}${a === b ? '' : `  (mount: ${b})`}`);
+    if (a !== b) return [`close of unlinked #${slot}: reference=${a} mount=${b}`];
+  }
+  return [];
+}
+
+/** The file of the slot an operation used: fstat alike, and if it has no name left, its content. */
 async function compareOpenFile(op: Op, sides: [FsTarget, FsTarget]): Promise<string[]> {
   const slot = slotOf(op);
   if (slot === undefined) return [];
   const [a, b] = await Promise.all(sides.map((s) => s.slotStat(slot)));
-  if (a?.nlink !== b?.nlink) return [`#${slot}: nlink reference=${a?.nlink} mount=${b?.nlink}`];
-  if (a?.nlink !== 0) return [];
+  const show = (st: typeof a): string => (!st ? 'closed' : 'errno' in st ? st.errno : `nlink=${st.nlink}`);
+  if (show(a) !== show(b)) return [`#${slot}: fstat reference=${show(a)} mount=${show(b)}`];
+  if (!a || !('nlink' in a) || a.nlink !== 0) return [];
   const [ca, cb] = await Promise.all(sides.map((s) => s.slotContent(slot)));
   const d = ca && cb && contentDifference(ca, cb, NAMES);
   return d ? [`#${slot} (unlinked): ${d}`] : [];
@@ -183,11 +214,11 @@ async function diffXattrs(sides: [FsTarget, FsTarget], paths: readonly string[],
 }
 
 /** The host's storage directory against the reference: what is really stored, bypassing every cache. */
-async function compareBacking(reference: string, refTree: Tree, backing: string): Promise<string[]> {
-  const tree = await readTree(backing);
+async function compareBacking(ref: FsTarget, refTree: Tree, backing: FsTarget): Promise<string[]> {
+  const tree = await readTree(backing.root);
   const problems = diffTrees(refTree, tree, BACKING_NAMES);
-  problems.push(...(await diffContents([reference, backing], [refTree, tree], filesOf(refTree), BACKING_NAMES)));
-  if (problems.length === 0) problems.push(...(await diffXattrs([new FsTarget(reference), new FsTarget(backing)], [...refTree.keys()], BACKING_NAMES)));
+  problems.push(...(await diffContents([ref.root, backing.root], [refTree, tree], filesOf(refTree), BACKING_NAMES)));
+  if (problems.length === 0) problems.push(...(await diffXattrs([ref, backing], [...refTree.keys()], BACKING_NAMES)));
   return problems.map((p) => `storage: ${p}`);
 }
 

@@ -6,15 +6,17 @@ import crypto from 'node:crypto';
 import fs, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { SLOTS, payload, type Op, type Outcome } from './ops.js';
-import { runHelper, type HelperResult } from './native-helper.js';
+import { FsHelper, type HelperResult } from './native-helper.js';
 import { errnoName } from '../../shared/fs/errors.js';
 
 export const sha1 = (data: Uint8Array): string => crypto.createHash('sha1').update(data).digest('hex').slice(0, 16);
 
 /** Errors an application can get are outcomes; anything else is a failure of the test itself. */
 function errnoCode(err: unknown): string {
-  const code = (err as { code?: unknown })?.code;
+  const { code, errno, syscall } = err as { code?: unknown; errno?: unknown; syscall?: unknown };
   if (typeof code === 'string' && /^E[A-Z0-9]+$/.test(code)) return code;
+  // libuv has no name for some (ESTALE is "Unknown system error -116"): the number has one.
+  if (typeof errno === 'number' && errno < 0 && typeof syscall === 'string') return errnoName(-errno);
   throw err;
 }
 
@@ -36,7 +38,17 @@ interface Slot {
 export class FsTarget {
   private readonly slots: Array<Slot | undefined> = new Array<Slot | undefined>(SLOTS).fill(undefined);
 
-  constructor(readonly root: string) {}
+  private constructor(readonly root: string, private readonly helper: FsHelper) {}
+
+  /** Call before anything is open under `root` (fs-helper.c says why). */
+  static async start(root: string): Promise<FsTarget> {
+    return new FsTarget(root, await FsHelper.start());
+  }
+
+  /** Ends the helper process; close the slots first (closeAll). */
+  stop(): Promise<void> {
+    return this.helper.stop();
+  }
 
   /** `rel` under the root. Generated paths never hold "..", so this stays inside. */
   abs(rel: string): string {
@@ -52,12 +64,16 @@ export class FsTarget {
     }
   }
 
-  /** The inode and link count of a slot's file; undefined for an empty slot. */
-  async slotStat(slot: number): Promise<{ ino: number; nlink: number } | undefined> {
+  /** The inode and link count of a slot's file (or why fstat failed); undefined for an empty slot. */
+  async slotStat(slot: number): Promise<{ ino: number; nlink: number } | { errno: string } | undefined> {
     const s = this.slots[slot];
     if (!s) return undefined;
-    const st = await s.fh.stat();
-    return { ino: st.ino, nlink: st.nlink };
+    try {
+      const st = await s.fh.stat();
+      return { ino: st.ino, nlink: st.nlink };
+    } catch (err) {
+      return { errno: errnoCode(err) };
+    }
   }
 
   /** The whole content of a slot's file read through its descriptor; undefined if not readable. */
@@ -84,7 +100,7 @@ export class FsTarget {
   async xattrs(paths: readonly string[]): Promise<Map<string, string>> {
     const out = new Map<string, string>(paths.map((p) => [p, '']));
     if (paths.length === 0) return out;
-    const r = await runHelper(['xattrs', ...paths.map((p) => this.abs(p))]);
+    const r = await this.helper.call(['xattrs', ...paths.map((p) => this.abs(p))]);
     if (!r.ok) throw new Error(`xattrs: ${r.errno}`);
     for (const item of r.values) {
       const colon = item.indexOf(':');
@@ -160,27 +176,27 @@ export class FsTarget {
       case 'writeFile':
         return fs.writeFile(this.abs(op.path), payload(op.seed, op.length));
       case 'truncate':
-        return helperValue(await runHelper(['truncate', this.abs(op.path), String(op.size)]));
+        return helperValue(await this.helper.call(['truncate', this.abs(op.path), String(op.size)]));
       case 'mmapWrite':
-        return helperValue(await runHelper(['mmap-write', this.abs(op.path), String(op.ppm), String(op.length)], payload(op.seed, op.length)));
+        return helperValue(await this.helper.call(['mmap-write', this.abs(op.path), String(op.ppm), String(op.length)], payload(op.seed, op.length)));
       case 'fallocate':
-        return helperValue(await runHelper(['fallocate', this.abs(op.path), String(op.mode), String(op.offset), String(op.length)]));
+        return helperValue(await this.helper.call(['fallocate', this.abs(op.path), String(op.mode), String(op.offset), String(op.length)]));
       case 'directWrite':
-        return helperValue(await runHelper(['direct-write', this.abs(op.path), String(op.offset), String(op.length)], payload(op.seed, op.length)));
+        return helperValue(await this.helper.call(['direct-write', this.abs(op.path), String(op.offset), String(op.length)], payload(op.seed, op.length)));
       case 'directRead':
-        return helperValue(await runHelper(['direct-read', this.abs(op.path), String(op.offset), String(op.length)]));
+        return helperValue(await this.helper.call(['direct-read', this.abs(op.path), String(op.offset), String(op.length)]));
       case 'seek':
-        return helperValue(await runHelper(['seek', this.abs(op.path), String(op.whence), String(op.offset)]));
+        return helperValue(await this.helper.call(['seek', this.abs(op.path), String(op.whence), String(op.offset)]));
       case 'setxattr':
-        return helperValue(await runHelper(['setxattr', this.abs(op.path), op.name, String(op.flags), String(op.length)], payload(op.seed, op.length)));
+        return helperValue(await this.helper.call(['setxattr', this.abs(op.path), op.name, String(op.flags), String(op.length)], payload(op.seed, op.length)));
       case 'getxattr':
-        return helperValue(await runHelper(['getxattr', this.abs(op.path), op.name]));
+        return helperValue(await this.helper.call(['getxattr', this.abs(op.path), op.name]));
       case 'removexattr':
-        return helperValue(await runHelper(['removexattr', this.abs(op.path), op.name]));
+        return helperValue(await this.helper.call(['removexattr', this.abs(op.path), op.name]));
       case 'copyFile':
         return fs.copyFile(this.abs(op.from), this.abs(op.to));
       case 'rename':
-        if (op.flags) return helperValue(await runHelper(['rename2', this.abs(op.from), this.abs(op.to), String(op.flags)]));
+        if (op.flags) return helperValue(await this.helper.call(['rename2', this.abs(op.from), this.abs(op.to), String(op.flags)]));
         return fs.rename(this.abs(op.from), this.abs(op.to));
       case 'link':
         return fs.link(this.abs(op.from), this.abs(op.to));
