@@ -268,7 +268,23 @@ export class ResilientFileSystem implements FileSystem {
   /** Takes an entry from the host and gives the kernel our id for it. */
   private adopt(parent: number, name: Buffer, entry: Entry, epoch: number): Entry {
     let id = this.byHost.get(entry.nodeId);
-    const rec = id !== undefined ? this.nodes.get(id) : undefined;
+    let rec = id !== undefined ? this.nodes.get(id) : undefined;
+    if (!rec || rec.epoch !== epoch) {
+      // Not seen on this connection yet. A node of an earlier one, known by this name and with
+      // this inode, is the same file (as relookup judges): it keeps its id, so the kernel does
+      // not get a second inode for one file (whose caches would go stale, each missing what is
+      // done through the other).
+      const earlier = this.byName.get(nameKey(parent, name));
+      const known = earlier !== undefined ? this.nodes.get(earlier) : undefined;
+      if (known && known.epoch !== epoch && known.ino === entry.attr.ino) {
+        known.hostId = entry.nodeId;
+        known.epoch = epoch;
+        known.hostLookups = 0; // counted below, with this lookup's reference
+        this.byHost.set(entry.nodeId, earlier!);
+        id = earlier;
+        rec = known;
+      }
+    }
     if (id !== undefined && rec && rec.epoch === epoch) {
       rec.lookups++;
       rec.hostLookups++;
