@@ -9,6 +9,8 @@ import { tempDir, removeTree } from './helpers/agents.js';
 import { runAgainstMount } from './differential/mounted.js';
 import { runDifferential, formatCounts, formatFailure } from './differential/runner.js';
 import { diffContents, diffTrees, readTree } from './differential/compare.js';
+import { seekProblem } from './differential/target.js';
+import { SEEK_DATA, SEEK_HOLE } from './differential/ops.js';
 
 const OPS = 2000;
 
@@ -54,6 +56,21 @@ test('the comparison names the path, the field and the first differing byte of a
   await fs.unlink(path.join(b, 'l'));
   await fs.symlink('d/g', path.join(b, 'l'));
   t.deepEqual(diffTrees(await readTree(a), await readTree(b), ['reference', 'mount']), ['d/f: perm reference=0644 mount=0600', 'l: target reference="d/f" mount="d/g"']);
+});
+
+test('SEEK_DATA and SEEK_HOLE answers are judged by what the content allows (holes may be reported as data)', (t) => {
+  const page = 4096;
+  const file = Buffer.concat([Buffer.alloc(page), Buffer.alloc(page, 1), Buffer.alloc(page)]); // zeros, data, zeros
+  t.is(seekProblem(file, SEEK_DATA, 0, page), undefined, 'the real data');
+  t.is(seekProblem(file, SEEK_DATA, 0, 100), undefined, 'a hole reported as data');
+  t.is(seekProblem(file, SEEK_DATA, 0, page + 1), 'it skips non-zero bytes');
+  t.is(seekProblem(file, SEEK_DATA, 2 * page, undefined), undefined, 'no data after the offset: ENXIO');
+  t.is(seekProblem(file, SEEK_DATA, 0, undefined), 'there are non-zero bytes after the offset');
+  t.is(seekProblem(file, SEEK_HOLE, 0, 0), undefined, 'the real hole');
+  t.is(seekProblem(file, SEEK_HOLE, 0, 3 * page), undefined, 'the end of the file');
+  t.is(seekProblem(file, SEEK_HOLE, page, page), 'its hole holds non-zero bytes');
+  t.is(seekProblem(file, SEEK_HOLE, 3 * page, undefined), undefined, 'at the end: ENXIO');
+  t.is(seekProblem(file, SEEK_HOLE, 3 * page, 3 * page), 'the offset is at or past the end of the file');
 });
 
 test('a run stops at the step where the sides start to differ, with the seed and the last operations', async (t) => {

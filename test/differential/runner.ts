@@ -114,7 +114,7 @@ export async function runDifferential(o: DifferentialOptions): Promise<Different
       if (checkpoint || xattrsChanged) check(await diffXattrs([ref, sub], checkpoint ? [...trees[0].keys()] : pathsOf(op), NAMES));
       if (checkpoint && backing && o.backingAtCheckpoints) check(await compareBacking(ref, trees[0], backing));
       if (o.interrupt && o.interruptEvery && step % o.interruptEvery === 0 && step < o.ops) {
-        check(await closeUnlinked(sides, (line) => remember(`${step}: ${line}`)));
+        check(await closeUnlinked(sides, (line) => remember(`${step}: ${line}`), (slot) => gen.observe({ kind: 'close', slot }, { ok: true })));
         remember(`${step}: -- ${await o.interrupt(step)}`);
       }
       if (o.progress && Date.now() - lastProgress >= (o.progressEveryMs ?? 5000)) {
@@ -183,11 +183,12 @@ async function touchedPaths(op: Op, sides: [FsTarget, FsTarget], trees: [Tree, T
  * Closes the descriptors of files that have no name left, on both sides: README's "Failure
  * behaviour" lists them as what a host agent restart cannot bring back (ESTALE).
  */
-async function closeUnlinked(sides: [FsTarget, FsTarget], remember: (line: string) => void): Promise<string[]> {
+async function closeUnlinked(sides: [FsTarget, FsTarget], remember: (line: string) => void, closed: (slot: number) => void): Promise<string[]> {
   for (let slot = 0; slot < SLOTS; slot++) {
     const st = await sides[0].slotStat(slot);
     if (!st || !('nlink' in st) || st.nlink !== 0) continue;
     const [a, b] = (await Promise.all(sides.map((s) => s.apply({ kind: 'close', slot })))).map(outcomeText);
+    closed(slot);
     remember(`close #${slot} (unlinked, before the restart) -> ${a}${a === b ? '' : `  (mount: ${b})`}`);
     if (a !== b) return [`close of unlinked #${slot}: reference=${a} mount=${b}`];
   }

@@ -5,7 +5,7 @@
 import crypto from 'node:crypto';
 import fs, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { SLOTS, payload, type Op, type Outcome } from './ops.js';
+import { SEEK_DATA, SLOTS, payload, type Op, type Outcome } from './ops.js';
 import { FsHelper, type HelperResult } from './native-helper.js';
 import { errnoName } from '../../shared/fs/errors.js';
 
@@ -141,6 +141,21 @@ export class FsTarget {
     this.slots[n] = { fh: await fs.open(this.abs(rel), flags, mode), path: rel };
   }
 
+  /**
+   * SEEK_DATA / SEEK_HOLE, judged against the file's content rather than compared: POSIX lets a
+   * file system report any hole as data, and ext4 itself answers differently for the same file
+   * depending on its page cache (a fallocated range whose pages were read counts as data). So the
+   * outcome is whether the answer is one a file with this content may give.
+   */
+  private async seek(rel: string, whence: number, offset: number): Promise<string> {
+    const r = await this.helper.call(['seek', this.abs(rel), String(whence), String(offset)]);
+    if (!r.ok && r.errno !== 'ENXIO') return helperValue(r)!;
+    const content = await fs.readFile(this.abs(rel));
+    const answer = r.ok ? Number(r.values[0]) : undefined;
+    const why = seekProblem(content, whence, offset, answer);
+    return why ? `impossible answer ${answer ?? 'ENXIO'}: ${why}` : 'possible';
+  }
+
   private async exec(op: Op): Promise<string | void> {
     switch (op.kind) {
       case 'open':
@@ -186,7 +201,7 @@ export class FsTarget {
       case 'directRead':
         return helperValue(await this.helper.call(['direct-read', this.abs(op.path), String(op.offset), String(op.length)]));
       case 'seek':
-        return helperValue(await this.helper.call(['seek', this.abs(op.path), String(op.whence), String(op.offset)]));
+        return this.seek(op.path, op.whence, op.offset);
       case 'setxattr':
         return helperValue(await this.helper.call(['setxattr', this.abs(op.path), op.name, String(op.flags), String(op.length)], payload(op.seed, op.length)));
       case 'getxattr':
@@ -218,4 +233,22 @@ export class FsTarget {
       }
     }
   }
+}
+
+/** Why `answer` (undefined: ENXIO) cannot be lseek's for a file with `content`; undefined if it can. */
+export function seekProblem(content: Buffer, whence: number, offset: number, answer: number | undefined): string | undefined {
+  const size = content.length;
+  if (offset >= size) return answer === undefined ? undefined : 'the offset is at or past the end of the file';
+  const zeros = (from: number, to: number): boolean => content.subarray(from, to).every((b) => b === 0);
+  if (whence === SEEK_DATA) {
+    // Data may start anywhere a hole is not provably: every byte skipped must read as zero.
+    if (answer === undefined) return zeros(offset, size) ? undefined : 'there are non-zero bytes after the offset';
+    if (answer < offset || answer >= size) return 'outside [offset, size)';
+    return zeros(offset, answer) ? undefined : 'it skips non-zero bytes';
+  }
+  // SEEK_HOLE: the end of the file always counts as a hole; any other must read as zeros (to the
+  // end of its page at least: holes are made of whole blocks).
+  if (answer === undefined) return 'a hole always exists at the end of the file';
+  if (answer < offset || answer > size) return 'outside [offset, size]';
+  return answer === size || zeros(answer, Math.min(size, (Math.floor(answer / 4096) + 1) * 4096)) ? undefined : 'its hole holds non-zero bytes';
 }
