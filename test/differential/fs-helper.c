@@ -39,7 +39,7 @@
 #include <unistd.h>
 
 #define ALIGN 4096
-#define MAX_WORDS 64
+#define MAX_WORDS 256
 
 static void usage(const char *why) {
   fprintf(stderr, "fs-helper: %s\n", why);

@@ -9,6 +9,9 @@ import { SEEK_DATA, SLOTS, payload, type Op, type Outcome } from './ops.js';
 import { FsHelper, type HelperResult } from './native-helper.js';
 import { errnoName } from '../../shared/fs/errors.js';
 
+/** Paths per xattrs command (fs-helper.c takes at most 256 words a line). */
+const XATTR_BATCH = 100;
+
 export const sha1 = (data: Uint8Array): string => crypto.createHash('sha1').update(data).digest('hex').slice(0, 16);
 
 /** Errors an application can get are outcomes; anything else is a failure of the test itself. */
@@ -99,16 +102,17 @@ export class FsTarget {
   /** The extended attributes of each path (symlinks not followed), one line per path. */
   async xattrs(paths: readonly string[]): Promise<Map<string, string>> {
     const out = new Map<string, string>(paths.map((p) => [p, '']));
-    if (paths.length === 0) return out;
-    const r = await this.helper.call(['xattrs', ...paths.map((p) => this.abs(p))]);
-    if (!r.ok) throw new Error(`xattrs: ${r.errno}`);
-    for (const item of r.values) {
-      const colon = item.indexOf(':');
-      const p = paths[Number(item.slice(0, colon))];
-      const rest = item.slice(colon + 1);
-      // Errno numbers as names, like every other outcome.
-      const shown = rest.replace(/!(\d+)$/, (_, n: string) => `!${errnoName(Number(n))}`);
-      out.set(p, out.get(p) ? `${out.get(p)} ${shown}` : shown);
+    for (let start = 0; start < paths.length; start += XATTR_BATCH) {
+      const batch = paths.slice(start, start + XATTR_BATCH);
+      const r = await this.helper.call(['xattrs', ...batch.map((p) => this.abs(p))]);
+      if (!r.ok) throw new Error(`xattrs: ${r.errno}`);
+      for (const item of r.values) {
+        const colon = item.indexOf(':');
+        const p = batch[Number(item.slice(0, colon))];
+        // Errno numbers as names, like every other outcome.
+        const shown = item.slice(colon + 1).replace(/!(\d+)$/, (_, n: string) => `!${errnoName(Number(n))}`);
+        out.set(p, out.get(p) ? `${out.get(p)} ${shown}` : shown);
+      }
     }
     return out;
   }
