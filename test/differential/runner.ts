@@ -71,76 +71,124 @@ class Divergence extends Error {
 }
 
 export async function runDifferential(o: DifferentialOptions): Promise<DifferentialResult> {
-  // Every helper process first, while nothing is open on the mount.
-  const ref = await FsTarget.start(o.reference);
-  const sub = await FsTarget.start(o.subject);
-  const backing = o.backing !== undefined ? await FsTarget.start(o.backing) : undefined;
-  const sides: [FsTarget, FsTarget] = [ref, sub];
-  const gen = new OpGenerator(new Prng(o.seed), o.skip);
-  const checkpointEvery = o.checkpointEvery ?? 50;
-  const historyLength = o.historyLength ?? 20;
-  const history: string[] = [];
-  const remember = (line: string): void => {
-    history.push(line);
-    if (history.length > historyLength) history.shift();
+  const started: FsTarget[] = [];
+  const start = async (root: string): Promise<FsTarget> => {
+    const t = await FsTarget.start(root);
+    started.push(t);
+    return t;
   };
-  const counts: DifferentialResult['counts'] = new Map();
-  const started = Date.now();
-  let lastProgress = started;
-  let step = 0;
-  let current = '(start)';
-
-  const result = (failure?: Failure): DifferentialResult => ({ seed: o.seed, steps: step, elapsedMs: Date.now() - started, counts, failure });
   try {
-    let trees = await readTrees(sides);
-    check(diffTrees(trees[0], trees[1], NAMES), 'the directories differ before the first operation');
-    for (step = 1; step <= o.ops; step++) {
-      const op = gen.next(trees[0]);
-      current = describe(op);
-      const [a, b] = await Promise.all([ref.apply(op), sub.apply(op)]);
-      const [ta, tb] = [outcomeText(a), outcomeText(b)];
-      remember(`${step}: ${current} -> ${ta}${ta === tb ? '' : `  (mount: ${tb})`}`);
-      count(counts, op.kind, ta);
-      check(ta === tb ? [] : [`outcome: reference=${ta} mount=${tb}`]);
-      gen.observe(op, a);
-      await o.afterOp?.(step);
-      trees = await readTrees(sides);
-      check(diffTrees(trees[0], trees[1], NAMES));
-      const checkpoint = step % checkpointEvery === 0;
-      const touched = checkpoint ? [...filesOf(trees[0]), ...filesOf(trees[1])] : await touchedPaths(op, sides, trees);
-      check(await diffContents([ref.root, sub.root], trees, touched, NAMES));
-      check(await compareOpenFile(op, sides));
-      const xattrsChanged = op.kind === 'setxattr' || op.kind === 'removexattr';
-      if (checkpoint || xattrsChanged) check(await diffXattrs([ref, sub], checkpoint ? [...trees[0].keys()] : pathsOf(op), NAMES));
-      if (checkpoint && backing && o.backingAtCheckpoints) check(await compareBacking(ref, trees[0], backing));
-      if (o.interrupt && o.interruptEvery && step % o.interruptEvery === 0 && step < o.ops) {
-        check(await closeUnlinked(sides, (line) => remember(`${step}: ${line}`), (slot) => gen.observe({ kind: 'close', slot }, { ok: true })));
-        remember(`${step}: -- ${await o.interrupt(step)}`);
+    // Every helper process first, while nothing is open on the mount.
+    const ref = await start(o.reference);
+    const sub = await start(o.subject);
+    const backing = o.backing !== undefined ? await start(o.backing) : undefined;
+    return await new Run(o, ref, sub, backing).run();
+  } finally {
+    await Promise.all(started.map((t) => t.stop()));
+  }
+}
+
+/** One run's state: the two sides, the generator, the history for the report. */
+class Run {
+  private readonly gen: OpGenerator;
+  private readonly sides: [FsTarget, FsTarget];
+  private readonly history: string[] = [];
+  private readonly counts: DifferentialResult['counts'] = new Map();
+  private readonly started = Date.now();
+  private step = 0;
+  private current = '(start)';
+
+  constructor(private readonly o: DifferentialOptions, private readonly ref: FsTarget, private readonly sub: FsTarget, private readonly backing?: FsTarget) {
+    this.sides = [ref, sub];
+    this.gen = new OpGenerator(new Prng(o.seed), o.skip);
+  }
+
+  async run(): Promise<DifferentialResult> {
+    const o = this.o;
+    let lastProgress = this.started;
+    try {
+      let trees = await readTrees(this.sides);
+      check(diffTrees(trees[0], trees[1], NAMES), 'the directories differ before the first operation');
+      for (this.step = 1; this.step <= o.ops; this.step++) {
+        const op = this.gen.next(trees[0]);
+        await this.apply(op);
+        await o.afterOp?.(this.step);
+        trees = await this.compareAfter(op);
+        if (o.interrupt && o.interruptEvery && this.step % o.interruptEvery === 0 && this.step < o.ops) await this.interrupt();
+        if (o.progress && Date.now() - lastProgress >= (o.progressEveryMs ?? 5000)) {
+          lastProgress = Date.now();
+          const elapsedMs = lastProgress - this.started;
+          o.progress({ step: this.step, total: o.ops, elapsedMs, opsPerSecond: (this.step * 1000) / elapsedMs });
+        }
       }
-      if (o.progress && Date.now() - lastProgress >= (o.progressEveryMs ?? 5000)) {
-        lastProgress = Date.now();
-        const elapsedMs = lastProgress - started;
-        o.progress({ step, total: o.ops, elapsedMs, opsPerSecond: (step * 1000) / elapsedMs });
-      }
+      this.step = o.ops;
+      await this.finish();
+      return this.result();
+    } catch (err) {
+      const problems = err instanceof Divergence ? err.problems : [`error: ${(err as Error)?.stack ?? String(err)}`];
+      // Leave nothing open on the mount (it is about to be unmounted); outcomes no longer matter.
+      await Promise.all(this.sides.map((s) => s.closeAll().catch(() => [])));
+      return this.result({ seed: o.seed, step: this.step, op: this.current, problems, history: [...this.history] });
     }
-    step = o.ops;
-    current = '(the end: closing every descriptor)';
+  }
+
+  private result(failure?: Failure): DifferentialResult {
+    return { seed: this.o.seed, steps: this.step, elapsedMs: Date.now() - this.started, counts: this.counts, failure };
+  }
+
+  private remember(line: string): void {
+    this.history.push(line);
+    if (this.history.length > (this.o.historyLength ?? 20)) this.history.shift();
+  }
+
+  /** The operation on both sides: the same outcome, or the run fails. */
+  private async apply(op: Op): Promise<void> {
+    this.current = describe(op);
+    const [a, b] = await Promise.all([this.ref.apply(op), this.sub.apply(op)]);
+    const [ta, tb] = [outcomeText(a), outcomeText(b)];
+    this.remember(`${this.step}: ${this.current} -> ${ta}${ta === tb ? '' : `  (mount: ${tb})`}`);
+    count(this.counts, op.kind, ta);
+    check(ta === tb ? [] : [`outcome: reference=${ta} mount=${tb}`]);
+    this.gen.observe(op, a);
+  }
+
+  /**
+   * The state after a step: the whole tree, the contents of what it touched (of everything at a
+   * checkpoint), its descriptor's file, xattrs it changed; returns the trees.
+   */
+  private async compareAfter(op: Op): Promise<[Tree, Tree]> {
+    const { ref, sub, sides, backing } = this;
+    const trees = await readTrees(sides);
+    check(diffTrees(trees[0], trees[1], NAMES));
+    const checkpoint = this.step % (this.o.checkpointEvery ?? 50) === 0;
+    const touched = checkpoint ? [...filesOf(trees[0]), ...filesOf(trees[1])] : await touchedPaths(op, sides, trees);
+    check(await diffContents([ref.root, sub.root], trees, touched, NAMES));
+    check(await compareOpenFile(op, sides));
+    const xattrsChanged = op.kind === 'setxattr' || op.kind === 'removexattr';
+    if (checkpoint || xattrsChanged) check(await diffXattrs(sides, checkpoint ? [...trees[0].keys()] : pathsOf(op), NAMES));
+    if (checkpoint && backing && this.o.backingAtCheckpoints) check(await compareBacking(ref, trees[0], backing));
+    return trees;
+  }
+
+  /** A host agent restart, say; descriptors it cannot bring back are closed first. */
+  private async interrupt(): Promise<void> {
+    const step = this.step;
+    check(await closeUnlinked(this.sides, (line) => this.remember(`${step}: ${line}`), (slot) => this.gen.observe({ kind: 'close', slot }, { ok: true })));
+    this.remember(`${step}: -- ${await this.o.interrupt!(step)}`);
+  }
+
+  /** Everything closed: the mount, and the storage behind it, must hold what the reference does. */
+  private async finish(): Promise<void> {
+    const { ref, sub, sides, backing } = this;
+    this.current = '(the end: closing every descriptor)';
     const [ca, cb] = await Promise.all([ref.closeAll(), sub.closeAll()]);
     check(ca.join() === cb.join() ? [] : [`close: reference=${ca.join(', ')} mount=${cb.join(', ')}`]);
-    current = '(the end: everything closed)';
-    trees = await readTrees(sides);
+    this.current = '(the end: everything closed)';
+    const trees = await readTrees(sides);
     check(diffTrees(trees[0], trees[1], NAMES));
     check(await diffContents([ref.root, sub.root], trees, [...filesOf(trees[0]), ...filesOf(trees[1])], NAMES));
-    check(await diffXattrs([ref, sub], [...trees[0].keys()], NAMES));
+    check(await diffXattrs(sides, [...trees[0].keys()], NAMES));
     if (backing) check(await compareBacking(ref, trees[0], backing), 'the storage directory differs from the reference');
-    return result();
-  } catch (err) {
-    const problems = err instanceof Divergence ? err.problems : [`error: ${(err as Error)?.stack ?? String(err)}`];
-    // Leave nothing open on the mount (it is about to be unmounted); outcomes no longer matter.
-    await Promise.all(sides.map((s) => s.closeAll().catch(() => [])));
-    return result({ seed: o.seed, step, op: current, problems, history: [...history] });
-  } finally {
-    await Promise.all([ref, sub, backing].map((s) => s?.stop()));
   }
 }
 
