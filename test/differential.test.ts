@@ -1,7 +1,8 @@
 // The randomized differential test, short and with fixed seeds (`npm run test:differential` is the
 // long run): random operations applied both through a dirvisor mount and to a local directory,
-// with every outcome and, after every step, the state compared (test/differential/). Then the
-// test of the test: a planted difference must be reported with its path, place and step.
+// with every outcome and, after every step, the state compared (test/differential/); the host
+// agent is SIGKILLed and started again now and then. Then the test of the test: a planted
+// difference must be reported with its path, place and step.
 import test from 'ava';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -13,15 +14,18 @@ import { seekProblem } from './differential/target.js';
 import { SEEK_DATA, SEEK_HOLE } from './differential/ops.js';
 
 const OPS = 2000;
+/** The host agent is SIGKILLed and started again this often (what --restart-every does). */
+const RESTART_EVERY = 400;
 
 for (const [mountOptions, seed] of [['', 20251201], ['writeback', 20251202]] as const) {
-  test(`differential: ${OPS} random operations through the mount (${mountOptions || 'default options'}) match a local directory`, async (t) => {
+  const title = `differential: ${OPS} random operations through the mount (${mountOptions || 'default options'}, host agent restarted every ${RESTART_EVERY}) match a local directory`;
+  test(title, async (t) => {
     t.timeout(180_000);
-    const r = await runAgainstMount({ seed, ops: OPS, mountOptions });
+    const r = await runAgainstMount({ seed, ops: OPS, mountOptions, interruptEvery: RESTART_EVERY });
     t.log(`${r.steps} ops in ${(r.elapsedMs / 1000).toFixed(1)} s: ${formatCounts(r.counts)}`);
     if (r.failure) {
-      const opt = mountOptions ? ` --options ${mountOptions}` : '';
-      t.log(formatFailure(r.failure, `npm run test:differential -- --seed ${seed} --ops ${r.failure.step}${opt}`));
+      const rerun = `npm run test:differential -- --seed ${seed} --ops ${r.failure.step}${mountOptions ? ` --options ${mountOptions}` : ''} --restart-every ${RESTART_EVERY}`;
+      t.log(formatFailure(r.failure, rerun));
       t.log(r.logTail);
       t.fail(`the mount differs from the reference at step ${r.failure.step} (seed ${seed})`);
       return;
