@@ -4,9 +4,11 @@
 // descriptors on the mount, and closing them at its exec sends FLUSH requests that wait for a host
 // agent — the very one this exec is about to become (a deadlock, until the guest gives up).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { openSync, closeSync } from 'node:fs';
+import { existsSync, openSync, closeSync } from 'node:fs';
 import { HOST_BIN, REPO, canConnect, startHost, waitFor, type HostAgent } from '../helpers/agents.js';
 import { exited, terminate, waitExit } from '../helpers/system.js';
+
+const HAVE_SETPRIV = existsSync('/usr/bin/setpriv') || existsSync('/bin/setpriv');
 
 export class RestartableHost {
   private current: ChildProcess;
@@ -69,8 +71,10 @@ export class RestartableHost {
   private spawnStandby(): ChildProcess {
     const fd = openSync(this.first.logFile, 'a');
     try {
-      // setpriv: the host gets SIGTERM (unmounts nothing, closes its sessions) if this process dies.
-      const p = spawn('setpriv', ['--pdeathsig=SIGTERM', 'bash', '-c', 'read -r _ || exit 0; exec "$@"', 'bash', process.execPath, ...this.args], {
+      // setpriv (where there is one): the host gets SIGTERM if this process dies, however it dies.
+      const argv = ['bash', '-c', 'read -r _ || exit 0; exec "$@"', 'bash', process.execPath, ...this.args];
+      const [cmd, ...args] = HAVE_SETPRIV ? ['setpriv', '--pdeathsig=SIGTERM', ...argv] : argv;
+      const p = spawn(cmd, args, {
         cwd: REPO,
         stdio: ['pipe', fd, fd],
       });

@@ -12,7 +12,7 @@ import { errnoName } from '../../shared/fs/errors.js';
 /** Paths per xattrs command (fs-helper.c takes at most 256 words a line). */
 const XATTR_BATCH = 100;
 
-export const sha1 = (data: Uint8Array): string => crypto.createHash('sha1').update(data).digest('hex').slice(0, 16);
+const sha1 = (data: Uint8Array): string => crypto.createHash('sha1').update(data).digest('hex').slice(0, 16);
 
 /** Errors an application can get are outcomes; anything else is a failure of the test itself. */
 function errnoCode(err: unknown): string {
