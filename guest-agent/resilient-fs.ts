@@ -23,10 +23,28 @@ const INTERNAL: Caller = { uid: 0, gid: 0, pid: 0 };
 const REOPEN_MASK = ~(0o100 | 0o200 | 0o1000); // O_CREAT | O_EXCL | O_TRUNC
 /** Deepest chain of parents found again by name after a reconnection (PATH_MAX / 2: "a/" each). */
 const MAX_RELOOKUP_DEPTH = 2048;
+/** Earlier names remembered per node (hard links), for a relookup whose first name is gone. */
+const MAX_OTHER_NAMES = 8;
 
-interface NodeRecord {
+interface Place {
   parent: number;
   name: Buffer;
+}
+
+/** An earlier name of a node, with the path it had then: its parent may be forgotten since. */
+interface OtherName extends Place {
+  path?: Buffer[];
+}
+
+interface NodeRecord extends Place {
+  /**
+   * Other names the node was seen under before `name` (hard links: the kernel looks a file up by
+   * each of its names, and `name` follows the latest), most recent first. Only hints, checked by
+   * inode: if `name` was removed, a relookup after a reconnection finds the file by one of these,
+   * under its parent if we still know it, else by the path it had (the kernel may have forgotten
+   * a directory that only led to a name it no longer uses).
+   */
+  otherNames?: OtherName[];
   ino: number;
   /** References the kernel holds (lookup count). */
   lookups: number;
@@ -185,32 +203,108 @@ export class ResilientFileSystem implements FileSystem {
     return pending;
   }
 
-  /** Finds a node again on a new connection: look its name up under its parent, same inode or ESTALE. */
+  /**
+   * Finds a node again on a new connection: look its name up under its parent, same inode or
+   * ESTALE. A file with several names is tried under each name it was seen under, its latest
+   * first (that one may have been removed while another still exists); the first one's error is
+   * the answer if none fits.
+   */
   private async relookup(id: number, rec: NodeRecord, epoch: number, chain: ReadonlySet<number>): Promise<number> {
-    const parent = await this.hostNode(rec.parent, epoch, chain);
-    const entry = await this.remote.lookup(INTERNAL, parent, rec.name);
+    const places: OtherName[] = [{ parent: rec.parent, name: rec.name }, ...(rec.otherNames ?? [])];
+    let firstError: unknown;
+    for (const place of places) {
+      let entry: Entry;
+      try {
+        entry = await this.lookupPlace(rec, place, epoch, chain);
+      } catch (err) {
+        // A lost connection is for run() to repeat, not a reason to try another name.
+        if (!(err instanceof FsError) || err.errno === E.ENOTCONN || places.length === 1) throw err;
+        firstError ??= err;
+        continue;
+      }
+      if (rec.epoch !== epoch) {
+        rec.hostId = entry.nodeId;
+        rec.epoch = epoch;
+        rec.hostLookups = 1;
+        this.byHost.set(entry.nodeId, id);
+        // The names tried before the one that worked are gone. It becomes the node's name, unless
+        // it was found by its path (its parent is not a node we know): then it is tried first.
+        if (place !== places[0]) {
+          const rest = rec.otherNames!.slice(Math.max(0, rec.otherNames!.indexOf(place)));
+          if (place.parent === ROOT_ID || this.nodes.has(place.parent)) {
+            rec.otherNames = rest.slice(1);
+            this.relocate(id, rec, place.parent, place.name);
+          } else {
+            rec.otherNames = rest;
+          }
+        }
+      } else {
+        this.remote.forget([{ nodeId: entry.nodeId, nlookup: 1 }]); // resolved twice; keep one reference
+      }
+      return rec.hostId;
+    }
+    throw firstError;
+  }
+
+  /** The host's entry for `place` if it is still the node's inode (else ESTALE). */
+  private async lookupPlace(rec: NodeRecord, place: OtherName, epoch: number, chain: ReadonlySet<number>): Promise<Entry> {
+    const walked = !this.nodes.has(place.parent) && place.parent !== ROOT_ID && place.path !== undefined;
+    const parent = walked ? await this.walk(place.path!.slice(0, -1)) : await this.hostNode(place.parent, epoch, chain);
+    let entry: Entry;
+    try {
+      entry = await this.remote.lookup(INTERNAL, parent, place.name);
+    } finally {
+      if (walked && parent !== ROOT_ID) this.remote.forget([{ nodeId: parent, nlookup: 1 }]);
+    }
     if (entry.attr.ino !== rec.ino) {
       this.remote.forget([{ nodeId: entry.nodeId, nlookup: 1 }]);
-      throw new FsError(E.ESTALE, `${rec.name.toString()} was replaced on the storage side while the host agent was away`);
+      throw new FsError(E.ESTALE, `${place.name.toString()} was replaced on the storage side while the host agent was away`);
     }
-    if (rec.epoch !== epoch) {
-      rec.hostId = entry.nodeId;
-      rec.epoch = epoch;
-      rec.hostLookups = 1;
-      this.byHost.set(entry.nodeId, id);
-    } else {
-      this.remote.forget([{ nodeId: entry.nodeId, nlookup: 1 }]); // resolved twice; keep one reference
+    return entry;
+  }
+
+  /** The host's id of the directory at `path` from the root, holding one reference (none for the root). */
+  private async walk(path: Buffer[]): Promise<number> {
+    let dir = ROOT_ID;
+    for (const name of path) {
+      const next = await this.remote.lookup(INTERNAL, dir, name).finally(() => {
+        if (dir !== ROOT_ID) this.remote.forget([{ nodeId: dir, nlookup: 1 }]);
+      });
+      dir = next.nodeId;
     }
-    return rec.hostId;
+    return dir;
   }
 
   /** Takes an entry from the host and gives the kernel our id for it. */
   private adopt(parent: number, name: Buffer, entry: Entry, epoch: number): Entry {
     let id = this.byHost.get(entry.nodeId);
-    const rec = id !== undefined ? this.nodes.get(id) : undefined;
+    let rec = id !== undefined ? this.nodes.get(id) : undefined;
+    if (!rec || rec.epoch !== epoch) {
+      // Not seen on this connection yet. A node of an earlier one, known by this name and with
+      // this inode, is the same file (as relookup judges): it keeps its id, so the kernel does
+      // not get a second inode for one file (whose caches would go stale, each missing what is
+      // done through the other).
+      const earlier = this.byName.get(nameKey(parent, name));
+      const known = earlier !== undefined ? this.nodes.get(earlier) : undefined;
+      if (known && known.epoch !== epoch && known.ino === entry.attr.ino) {
+        known.hostId = entry.nodeId;
+        known.epoch = epoch;
+        known.hostLookups = 0; // counted below, with this lookup's reference
+        this.byHost.set(entry.nodeId, earlier!);
+        id = earlier;
+        rec = known;
+      }
+    }
     if (id !== undefined && rec && rec.epoch === epoch) {
       rec.lookups++;
       rec.hostLookups++;
+      // The same inode under another name: a hard link (or a rename made elsewhere). Keep the
+      // name it had too, in case it is this new one that goes away.
+      if (rec.parent !== parent || !rec.name.equals(name)) {
+        const others = (rec.otherNames ?? []).filter((p) => p.parent !== parent || !p.name.equals(name));
+        const path = this.pathOf(rec.parent);
+        rec.otherNames = [{ parent: rec.parent, name: rec.name, path: path && [...path, rec.name] }, ...others].slice(0, MAX_OTHER_NAMES);
+      }
       this.relocate(id, rec, parent, name);
       rec.ino = entry.attr.ino;
     } else {
