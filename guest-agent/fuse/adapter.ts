@@ -100,13 +100,6 @@ class FuseMount implements Mount {
   /** cache=long: directory handles answered here (listings stay in the kernel's cache). */
   private readonly lazyDirs?: LazyDirs;
   private resolveClosed!: () => void;
-  /**
-   * Nodes whose data changed through this mount since their last FLUSH. A close() of a file with
-   * nothing written (a read, an empty create) then needs no round trip: there is nothing for the
-   * storage to flush and no write error to report. Per node, not per handle: with the writeback
-   * cache the kernel sends a file's dirty pages through any of its writable handles.
-   */
-  private readonly unflushed = new Set<number>();
 
   constructor(
     private readonly fs: FileSystem,
@@ -224,8 +217,6 @@ class FuseMount implements Mount {
       if (this.exited) return;
       try {
         const items = this.coherence ? this.coherence.forget(req.items) : req.items;
-        // The kernel forgets a node only when it evicts the inode, so no handle of it is open.
-        for (const i of items) this.unflushed.delete(i.nodeId);
         if (items.length) this.fs.forget(items);
       } catch (err) {
         this.log?.warn({ err }, 'forget failed');
@@ -282,7 +273,6 @@ class FuseMount implements Mount {
         s.replyAttr(id, await fs.getattr(c, req.node, req.fh), raced(req.node) ? 0 : this.t.attr);
         return;
       case 'setattr':
-        if (req.set.size !== undefined) this.unflushed.add(req.node);
         s.replyAttr(id, await fs.setattr(c, req.node, req.set, req.fh), raced(req.node) ? 0 : this.t.attr);
         return;
       case 'readlink':
@@ -327,11 +317,10 @@ class FuseMount implements Mount {
         if (raced(req.node)) this.coherence!.revalidate(req.node);
         return;
       case 'write':
-        this.unflushed.add(req.node);
         s.replyWrite(id, await fs.write(c, req.node, req.fh, req.offset, req.data));
         return;
       case 'flush':
-        if (this.unflushed.delete(req.node)) await fs.flush(c, req.node, req.fh);
+        await fs.flush(c, req.node, req.fh);
         s.replyErr(id, 0);
         return;
       case 'release':
@@ -395,12 +384,10 @@ class FuseMount implements Mount {
         s.replyErr(id, 0);
         return;
       case 'fallocate':
-        this.unflushed.add(req.node);
         await fs.fallocate(c, req.node, req.fh, req.mode, req.offset, req.length);
         s.replyErr(id, 0);
         return;
       case 'copyFileRange':
-        this.unflushed.add(req.nodeOut);
         s.replyWrite(
           id,
           await fs.copyFileRange(c, req.nodeIn, req.fhIn, req.offsetIn, req.nodeOut, req.fhOut, req.offsetOut, req.length, req.flags),
