@@ -156,6 +156,8 @@ for (const [way, root] of Object.entries(WAYS)) {
     t.true((await listB()).includes(name));
     t.false(before.includes(name));
     await wB.expect(m, name, 'CREATE');
+    // With its data written, merged into the create or not: watchers of finished files see it.
+    await wB.expect(m, name, 'CLOSE_WRITE');
   });
 
   test.serial(`write (${way}): B reads the new data`, async (t) => {

@@ -168,6 +168,12 @@ export class Applier {
     }
     // Whatever the kernel holds for the name now (a placeholder) goes: the next access looks it up.
     await this.entry(c.parent, c.name);
+    // A file that arrives with data (its writes merged into the create) is also written, as a local
+    // `echo > f` would be: watchers waiting for IN_CLOSE_WRITE (build tools, editors) see it.
+    const size = c.attr?.size ?? 0;
+    if (dir && size > 0 && ((c.attr?.mode ?? 0) & S_IFMT) === S_IFREG) {
+      await this.changed({ ...c, kind: K.MODIFY, node: 0, offset: 0, length: size });
+    }
   }
 
   private async deleted(c: GuestChange): Promise<void> {
