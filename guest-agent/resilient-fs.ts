@@ -45,6 +45,8 @@ interface NodeRecord extends Place {
    * a directory that only led to a name it no longer uses).
    */
   otherNames?: OtherName[];
+  /** Where `name` was when the kernel forgot its parent: it is looked up by that path then. */
+  path?: Buffer[];
   ino: number;
   /** References the kernel holds (lookup count). */
   lookups: number;
@@ -76,6 +78,8 @@ export class ResilientFileSystem implements FileSystem {
   private readonly nodes = new Map<number, NodeRecord>();
   /** "parent/name" -> our id, for the names in `nodes` (coherence events name entries). */
   private readonly byName = new Map<string, number>();
+  /** Our id -> the nodes whose parent it is, to give them a path when the kernel forgets it. */
+  private readonly children = new Map<number, Set<number>>();
   /** Host node id -> our id, for the current export epoch only. */
   private byHost = new Map<number, number>();
   private readonly handles = new Map<number, HandleRecord>();
@@ -210,7 +214,7 @@ export class ResilientFileSystem implements FileSystem {
    * the answer if none fits.
    */
   private async relookup(id: number, rec: NodeRecord, epoch: number, chain: ReadonlySet<number>): Promise<number> {
-    const places: OtherName[] = [{ parent: rec.parent, name: rec.name }, ...(rec.otherNames ?? [])];
+    const places: OtherName[] = [{ parent: rec.parent, name: rec.name, path: rec.path }, ...(rec.otherNames ?? [])];
     let firstError: unknown;
     for (const place of places) {
       let entry: Entry;
@@ -302,8 +306,7 @@ export class ResilientFileSystem implements FileSystem {
       // name it had too, in case it is this new one that goes away.
       if (rec.parent !== parent || !rec.name.equals(name)) {
         const others = (rec.otherNames ?? []).filter((p) => p.parent !== parent || !p.name.equals(name));
-        const path = this.pathOf(rec.parent);
-        rec.otherNames = [{ parent: rec.parent, name: rec.name, path: path && [...path, rec.name] }, ...others].slice(0, MAX_OTHER_NAMES);
+        rec.otherNames = [{ parent: rec.parent, name: rec.name, path: this.pathTo(id) }, ...others].slice(0, MAX_OTHER_NAMES);
       }
       this.relocate(id, rec, parent, name);
       rec.ino = entry.attr.ino;
@@ -312,6 +315,7 @@ export class ResilientFileSystem implements FileSystem {
       this.nodes.set(id, { parent, name: Buffer.from(name), ino: entry.attr.ino, lookups: 1, hostId: entry.nodeId, epoch, hostLookups: 1 });
       this.byHost.set(entry.nodeId, id);
       this.byName.set(nameKey(parent, name), id);
+      this.addChild(parent, id);
     }
     return { ...entry, nodeId: id };
   }
@@ -351,9 +355,39 @@ export class ResilientFileSystem implements FileSystem {
   private relocate(id: number, rec: NodeRecord, parent: number, name: Buffer): void {
     if (rec.parent === parent && rec.name.equals(name)) return;
     if (this.byName.get(nameKey(rec.parent, rec.name)) === id) this.byName.delete(nameKey(rec.parent, rec.name));
+    this.dropChild(rec.parent, id);
     rec.parent = parent;
     rec.name = Buffer.from(name);
+    rec.path = undefined;
     this.byName.set(nameKey(parent, name), id);
+    this.addChild(parent, id);
+  }
+
+  private addChild(parent: number, id: number): void {
+    let set = this.children.get(parent);
+    if (!set) this.children.set(parent, (set = new Set()));
+    set.add(id);
+  }
+
+  private dropChild(parent: number, id: number): void {
+    const set = this.children.get(parent);
+    if (set?.delete(id) && set.size === 0) this.children.delete(parent);
+  }
+
+  /**
+   * Names from the root to node `id`: through its parents, or from the path an ancestor was given
+   * when the kernel forgot that ancestor's parent. Undefined if we cannot tell.
+   */
+  private pathTo(id: number): Buffer[] | undefined {
+    const names: Buffer[] = [];
+    for (let depth = 0; id !== ROOT_ID; depth++) {
+      const rec = this.nodes.get(id);
+      if (!rec || depth > MAX_RELOOKUP_DEPTH) return undefined;
+      if (rec.path && !this.nodes.has(rec.parent)) return [...rec.path, ...names.reverse()];
+      names.push(rec.name);
+      id = rec.parent;
+    }
+    return names.reverse();
   }
 
   // ---- FileSystem ----
@@ -369,6 +403,14 @@ export class ResilientFileSystem implements FileSystem {
       if (!rec || nodeId === ROOT_ID) continue;
       rec.lookups -= nlookup;
       if (rec.lookups > 0) continue;
+      // Nodes still known under this one (an open file whose directory the kernel let go of)
+      // will be found again by their path from now on.
+      for (const child of this.children.get(nodeId) ?? []) {
+        const c = this.nodes.get(child);
+        if (c) c.path = this.pathTo(child);
+      }
+      this.children.delete(nodeId);
+      this.dropChild(rec.parent, nodeId);
       this.nodes.delete(nodeId);
       if (this.byName.get(nameKey(rec.parent, rec.name)) === nodeId) this.byName.delete(nameKey(rec.parent, rec.name));
       if (rec.epoch === this.exportEpoch) {
@@ -577,6 +619,7 @@ export class ResilientFileSystem implements FileSystem {
   async destroy(): Promise<void> {
     this.nodes.clear();
     this.byName.clear();
+    this.children.clear();
     this.handles.clear();
   }
 

@@ -288,6 +288,54 @@ with open("data", "rb") as f:
   t.true(out.includes(String.raw`b'before the restart\nafter the restart\n'`), out);
 });
 
+// And (seed 42, writeback, host restarted every 500 operations): the name left was in a directory
+// the kernel forgot when the guest dropped its caches after reconnecting.
+test.serial('serve SIGKILLed and started again: an open file whose only name is in a directory the kernel forgot is found again', async (t) => {
+  t.timeout(90_000);
+  const s = await oneLiner(t);
+  const app = spawn(PYTHON, ['-c', String.raw`
+import os, sys, time
+os.chdir(sys.argv[1])
+os.mkdir("a")
+os.mkdir("b")
+with open("a/f", "wb") as f:
+    f.write(b"before the restart\n")
+fd = os.open("a/f", os.O_RDWR)   # keeps a/ in the kernel's caches, b/ nothing
+os.link("a/f", "b/g")
+os.unlink("a/f")
+print("ready", flush=True)
+sys.stdin.readline()             # the host agent restarts meanwhile
+os.listdir(".")                  # the guest mounts the export again, and drops the kernel's caches
+print("listed", flush=True)
+sys.stdin.readline()
+time.sleep(0.5)                  # the kernel forgets b/ (nothing holds it)
+try:
+    os.pwrite(fd, b"after the restart\n", 19)
+except OSError as e:
+    print("failed", e.strerror, flush=True)
+    sys.exit(1)
+with open("b/g", "rb") as f:
+    print(repr(f.read()), flush=True)
+`, s.guest.mnt], { stdio: ['pipe', 'pipe', 'pipe'] });
+  t.teardown(() => void app.kill('SIGKILL'));
+  let out = '';
+  let err = '';
+  app.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+  app.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+  const exit = new Promise<number | null>((resolve) => app.once('exit', (code) => resolve(code)));
+  const step = (word: string) => waitFor(() => out.includes(word) || app.exitCode !== null, `the application to say "${word}"`, { timeoutMs: 30_000, details: () => `${out}${err}` });
+  await step('ready');
+  s.host.proc.kill('SIGKILL');
+  await new Promise((r) => s.host.proc.once('exit', r));
+  await s.restartHost();
+  app.stdin!.write('go\n');
+  await step('listed');
+  await guestLogHas(s.guest, /reconnected: invalidating everything cached/, 'the guest to drop the kernel\'s caches');
+  app.stdin!.write('go\n');
+  t.is(await exit, 0, `${out}${err}\n${await s.logs()}`);
+  t.true(out.includes(String.raw`b'before the restart\nafter the restart\n'`), out);
+});
+
 // Also found by the differential test (seed 22 with the writeback cache, host restarted every 150
 // operations): after a restart, the guest gave a name the kernel looked up again a new node id
 // while the kernel still held the old one for an open descriptor, so the kernel had two inodes for
